@@ -1,0 +1,286 @@
+//! The configuration keys. Every section denies unknown keys and every key has a default, so an
+//! empty or missing file is a complete configuration. Values are validated while parsing: a
+//! [`crate::Config`] that exists is a valid one.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub stack: StackConfig,
+    pub postgres: PostgresConfig,
+    pub rabbitmq: RabbitConfig,
+    pub docker: DockerConfig,
+    pub api: ApiConfig,
+    pub panel: PanelConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `lookit_stack=debug,info`; `RUST_LOG` wins over it.
+    pub level: LogFilter,
+    /// How many daily JSON log files to keep.
+    pub keep_files: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: LogFilter("info".into()),
+            keep_files: 7,
+        }
+    }
+}
+
+/// Which kind of servers run Postgres and RabbitMQ.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Docker when an engine answers, otherwise the natively installed servers.
+    #[default]
+    Auto,
+    /// Containers managed through the Docker engine.
+    Docker,
+    /// Private instances of the Postgres and RabbitMQ installed on this machine.
+    Native,
+    /// Servers someone else runs, reached through `postgres.url` and `rabbitmq.url`.
+    External,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Auto => "auto",
+            Backend::Docker => "docker",
+            Backend::Native => "native",
+            Backend::External => "external",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StackConfig {
+    pub backend: Backend,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Preferred port on 127.0.0.1; a free one is chosen (and reported) when it is taken.
+    pub port: Port,
+    pub database: Identifier,
+    pub user: Identifier,
+    /// Image for the Docker backend.
+    pub image: ImageName,
+    /// Connection URL for the external backend (password may be given in it).
+    pub url: Option<url::Url>,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            port: Port(5432),
+            database: Identifier("lookit".into()),
+            user: Identifier("lookit".into()),
+            image: ImageName("postgres:17".into()),
+            url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RabbitConfig {
+    pub port: Port,
+    pub management_port: Port,
+    pub user: Identifier,
+    pub vhost: String,
+    pub image: ImageName,
+    /// AMQP URL for the external backend.
+    pub url: Option<url::Url>,
+    /// Management API URL for the external backend (queue depths); optional.
+    pub management_url: Option<url::Url>,
+}
+
+impl Default for RabbitConfig {
+    fn default() -> Self {
+        Self {
+            port: Port(5672),
+            management_port: Port(15672),
+            user: Identifier("lookit-admin".into()),
+            vhost: "/".into(),
+            image: ImageName("rabbitmq:3-management".into()),
+            url: None,
+            management_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerConfig {
+    /// Engine address (`unix:///var/run/docker.sock`, `tcp://…`); empty means the platform
+    /// default and `DOCKER_HOST`.
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// HTTPS port of the embedded Lookit API on 127.0.0.1.
+    pub port: Port,
+    /// The public URL Pipe and the Lambda call, when it is fixed (otherwise the tunnel's).
+    pub public_url: Option<url::Url>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            port: Port(8000),
+            public_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PanelConfig {
+    /// Port of the control panel on 127.0.0.1; 0 picks a free one.
+    pub port: Port,
+}
+
+/// A TCP port number; 0 means "any free port".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Port(pub u16);
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PortVisitor;
+        impl serde::de::Visitor<'_> for PortVisitor {
+            type Value = Port;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port number from 0 to 65535")
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Port, E> {
+                u16::try_from(value).map(Port).map_err(|_| {
+                    E::custom(format!("{value} is not a port number: expected 0 to 65535"))
+                })
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Port, E> {
+                self.visit_i64(i64::try_from(value).unwrap_or(i64::MAX))
+            }
+        }
+        deserializer.deserialize_i64(PortVisitor)
+    }
+}
+
+/// A SQL / broker identifier we create ourselves: letters, digits, `_` and `-`, 1 to 63 chars.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Identifier(String);
+
+impl Identifier {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Identifier {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        let ok = (1..=63).contains(&value.len())
+            && value.starts_with(|c: char| c.is_ascii_alphabetic())
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if ok {
+            Ok(Self(value))
+        } else {
+            Err(format!(
+                "{value:?} is not a usable name: expected 1 to 63 letters, digits, `_` or `-`, starting with a letter"
+            ))
+        }
+    }
+}
+
+impl From<Identifier> for String {
+    fn from(id: Identifier) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A container image reference such as `postgres:17` or `registry.lab/pg@sha256:…`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ImageName(String);
+
+impl ImageName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ImageName {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Err(format!(
+                "{value:?} is not an image name: expected something like `postgres:17`"
+            ))
+        } else {
+            Ok(Self(value))
+        }
+    }
+}
+
+impl From<ImageName> for String {
+    fn from(image: ImageName) -> String {
+        image.0
+    }
+}
+
+impl fmt::Display for ImageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A `tracing` filter directive, checked with the same parser that will use it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LogFilter(String);
+
+impl LogFilter {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for LogFilter {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        tracing_subscriber::EnvFilter::try_new(&value)
+            .map(|_| Self(value.clone()))
+            .map_err(|e| {
+                format!("{value:?} is not a log filter ({e}): expected e.g. `info` or `lookit_stack=debug,info`")
+            })
+    }
+}
+
+impl From<LogFilter> for String {
+    fn from(filter: LogFilter) -> String {
+        filter.0
+    }
+}

@@ -1,0 +1,165 @@
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rand::distributions::{Alphanumeric, DistString};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Why the secrets file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("cannot read the secrets file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the secrets file {path} is damaged ({message}); move it away to generate new secrets (existing databases will then need `lookit-local down --purge`)")]
+    Damaged { path: PathBuf, message: String },
+    #[error("cannot write the secrets file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Credentials Lookit Local generates for the services it provisions. Generated on first use,
+/// kept in a 0600 file in the data home, never logged (`Debug` shows `[REDACTED]`).
+#[derive(Debug, Clone)]
+pub struct Secrets {
+    pub postgres_password: SecretString,
+    pub rabbitmq_password: SecretString,
+    pub session_key: SecretString,
+    pub pipe_webhook_key: SecretString,
+    pub lambda_secret: SecretString,
+}
+
+/// On-disk form. Missing fields are generated, so older files gain new secrets on upgrade.
+#[derive(Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct SecretsFile {
+    postgres_password: Option<String>,
+    rabbitmq_password: Option<String>,
+    session_key: Option<String>,
+    pipe_webhook_key: Option<String>,
+    lambda_secret: Option<String>,
+}
+
+/// A random token of `len` letters and digits (~5.95 bits each), from the OS generator.
+pub fn random_token(len: usize) -> String {
+    Alphanumeric.sample_string(&mut rand::rngs::OsRng, len)
+}
+
+impl Secrets {
+    /// Reads the secrets at `path`, generating and saving any that are missing.
+    pub fn load_or_generate(path: &Path) -> Result<Secrets, SecretsError> {
+        let mut file: SecretsFile = match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| SecretsError::Damaged {
+                path: path.to_path_buf(),
+                message: e.message().to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SecretsFile::default(),
+            Err(source) => {
+                return Err(SecretsError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let mut changed = false;
+        let mut fill = |slot: &mut Option<String>| {
+            if slot.as_deref().is_none_or(str::is_empty) {
+                *slot = Some(random_token(32));
+                changed = true;
+            }
+            SecretString::from(slot.clone().expect("filled above"))
+        };
+        let secrets = Secrets {
+            postgres_password: fill(&mut file.postgres_password),
+            rabbitmq_password: fill(&mut file.rabbitmq_password),
+            session_key: fill(&mut file.session_key),
+            pipe_webhook_key: fill(&mut file.pipe_webhook_key),
+            lambda_secret: fill(&mut file.lambda_secret),
+        };
+        if changed {
+            write_private(path, &toml::to_string(&file).expect("plain strings serialize"))?;
+        }
+        Ok(secrets)
+    }
+
+    /// Every secret value, for checks that no log or output ever contains one.
+    pub fn all_values(&self) -> [&str; 5] {
+        [
+            self.postgres_password.expose_secret(),
+            self.rabbitmq_password.expose_secret(),
+            self.session_key.expose_secret(),
+            self.pipe_webhook_key.expose_secret(),
+            self.lambda_secret.expose_secret(),
+        ]
+    }
+}
+
+/// Writes `contents` to `path` readable by the owner only, atomically (temp file + rename), so
+/// a crash never leaves a half-written or world-readable secrets file.
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), SecretsError> {
+    let err = |source| SecretsError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    // `mode` only applies on creation; a leftover temp file must not keep wider permissions.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(err)?;
+    file.write_all(contents.as_bytes()).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_generated_once_private_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets.toml");
+        let first = Secrets::load_or_generate(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let second = Secrets::load_or_generate(&path).unwrap();
+        assert_eq!(first.all_values(), second.all_values());
+        assert!(first.all_values().iter().all(|v| v.len() == 32));
+        assert_ne!(first.all_values()[0], first.all_values()[1]);
+    }
+
+    #[test]
+    fn debug_output_hides_every_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = Secrets::load_or_generate(&dir.path().join("s.toml")).unwrap();
+        let shown = format!("{secrets:?}");
+        for value in secrets.all_values() {
+            assert!(!shown.contains(value));
+        }
+    }
+
+    #[test]
+    fn damaged_file_is_a_clear_error_not_a_silent_regeneration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "postgres_password = [").unwrap();
+        let err = Secrets::load_or_generate(&path).unwrap_err().to_string();
+        assert!(err.contains("damaged") && err.contains("s.toml"), "{err}");
+    }
+}
