@@ -1,0 +1,205 @@
+//! Fixtures for tests that need Postgres or RabbitMQ: each test gets its own database or vhost on
+//! the shared servers that `scripts/test-services start` runs (it exports the `LOOKIT_TEST_*`
+//! variables read here), so tests run in parallel without seeing each other's data.
+//!
+//! These are real servers; a test that cannot reach them fails with the command to run, it never
+//! silently passes.
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
+use url::Url;
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run `eval \"$(scripts/test-services start)\"` first (the test command does this)")
+    })
+}
+
+/// A database created for one test, dropped (best effort) when the value is dropped.
+pub struct TestDatabase {
+    name: String,
+    url: String,
+    admin_url: String,
+}
+
+/// Creates an empty database for one test (no migrations applied).
+pub async fn fresh_database() -> TestDatabase {
+    let admin_url = required_env("LOOKIT_TEST_DATABASE_URL");
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to the test Postgres (is scripts/test-services running?)");
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+    let mut url = Url::parse(&admin_url).expect("LOOKIT_TEST_DATABASE_URL is a URL");
+    url.set_path(&name);
+    TestDatabase {
+        name,
+        url: url.to_string(),
+        admin_url,
+    }
+}
+
+impl TestDatabase {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// A superuser URL to this database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+    pub fn connect_options(&self) -> PgConnectOptions {
+        self.url
+            .parse::<PgConnectOptions>()
+            .expect("a URL we built")
+            .disable_statement_logging()
+    }
+    pub async fn pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with(self.connect_options())
+            .await
+            .expect("connect to the test database")
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Dropping needs async I/O; do it on a thread of its own so it also works when the test's
+        // runtime is shutting down. Failure only leaves a throw-away database behind.
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(async {
+                    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&mut admin)
+                            .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// A RabbitMQ virtual host created for one test, deleted when the value is dropped.
+pub struct TestVhost {
+    name: String,
+    amqp_url: String,
+    management_url: Url,
+}
+
+/// Creates a vhost for one test with full permissions for the test user.
+pub async fn fresh_vhost() -> TestVhost {
+    let amqp = Url::parse(&required_env("LOOKIT_TEST_AMQP_URL")).expect("LOOKIT_TEST_AMQP_URL is a URL");
+    let management_url =
+        Url::parse(&required_env("LOOKIT_TEST_RABBITMQ_MANAGEMENT_URL")).expect("management URL");
+    let name = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let client = reqwest::Client::new();
+    let user = management_url.username().to_string();
+    let password = management_url.password().unwrap_or_default().to_string();
+    let base = management_base(&management_url);
+    client
+        .put(format!("{base}/api/vhosts/{name}"))
+        .basic_auth(&user, Some(&password))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("create the test vhost");
+    client
+        .put(format!("{base}/api/permissions/{name}/{user}"))
+        .basic_auth(&user, Some(&password))
+        .json(&serde_permissions())
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("grant the test user the test vhost");
+    let mut amqp_url = amqp.clone();
+    amqp_url.set_path(&format!("/{name}"));
+    TestVhost {
+        name,
+        amqp_url: amqp_url.to_string(),
+        management_url,
+    }
+}
+
+fn serde_permissions() -> std::collections::HashMap<&'static str, &'static str> {
+    [("configure", ".*"), ("write", ".*"), ("read", ".*")].into()
+}
+
+fn management_base(url: &Url) -> String {
+    format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port_or_known_default().unwrap_or(15672)
+    )
+}
+
+impl TestVhost {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// AMQP URL of this vhost for the test (administrator) user.
+    pub fn amqp_url(&self) -> &str {
+        &self.amqp_url
+    }
+    /// Management API base URL with the test user's credentials in it.
+    pub fn management_url(&self) -> &Url {
+        &self.management_url
+    }
+}
+
+impl Drop for TestVhost {
+    fn drop(&mut self) {
+        let url = format!(
+            "{}/api/vhosts/{}",
+            management_base(&self.management_url),
+            self.name
+        );
+        let user = self.management_url.username().to_string();
+        let password = self.management_url.password().unwrap_or_default().to_string();
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(async {
+                    let _ = reqwest::Client::new()
+                        .delete(url)
+                        .basic_auth(user, Some(password))
+                        .send()
+                        .await;
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// Runs one of the `scripts/test-services` verbs (e.g. `restart-rabbitmq`) and waits for it.
+/// For fault tests: the server really goes down and comes back.
+pub async fn test_services(verb: &str) {
+    let script = required_env("LOOKIT_TEST_SERVICES");
+    let status = tokio::process::Command::new(&script)
+        .arg(verb)
+        .status()
+        .await
+        .unwrap_or_else(|e| panic!("run {script} {verb}: {e}"));
+    assert!(status.success(), "{script} {verb} failed: {status}");
+}
+
+pub async fn restart_rabbitmq() {
+    test_services("restart-rabbitmq").await
+}
+
+pub async fn restart_postgres() {
+    test_services("restart-postgres").await
+}
