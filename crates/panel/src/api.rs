@@ -1,0 +1,246 @@
+//! The `/api` routes. Every one answers JSON; failures are [`ApiError`]s.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::{Stream, StreamExt};
+use lookit_contracts::Queue;
+use lookit_status::StatusReport;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::control_plane::{
+    BuildAction, BuildSummary, ControlPlane, DeadLetter, DeadLetterAction, DoctorCheck,
+    InspectedRequest, PanelEvent, ServiceAction, ServiceName, StackAction, TunnelAction,
+};
+use crate::error::ApiError;
+
+/// Most log lines one request may ask for.
+const MAX_TAIL: usize = 10_000;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub control: Arc<dyn ControlPlane>,
+    /// Cancelled when the panel shuts down, so open event streams end and shutdown completes.
+    pub closing: CancellationToken,
+}
+
+pub fn routes(state: ApiState) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/events", get(events))
+        .route("/stack/{action}", post(stack_action))
+        .route("/services/{service}/logs", get(logs))
+        .route("/services/{service}/{action}", post(service_action))
+        .route("/tunnel/requests", get(tunnel_requests))
+        .route("/tunnel/requests/{id}/replay", post(replay_request))
+        .route("/tunnel/{action}", post(tunnel_action))
+        .route("/builds", get(builds))
+        .route("/builds/{id}/log", get(build_log))
+        .route("/builds/{id}/{action}", post(build_action))
+        .route("/queues/{queue}/dead", get(dead_letters))
+        .route(
+            "/queues/{queue}/dead/{message}/{action}",
+            post(dead_letter_action),
+        )
+        .route("/doctor", get(doctor))
+        .route("/shutdown", post(shutdown))
+        .fallback(|| async { ApiError::NotFound("no such API route".into()) })
+        .with_state(state)
+}
+
+/// A path segment parsed with serde, with a JSON error naming what was expected.
+fn path_part<T: DeserializeOwned>(
+    path: Result<Path<T>, PathRejection>,
+    what: &str,
+) -> Result<T, ApiError> {
+    path.map(|Path(value)| value)
+        .map_err(|e| ApiError::BadRequest(format!("{what}: {}", e.body_text())))
+}
+
+fn service_name(name: &str) -> Result<ServiceName, ApiError> {
+    ServiceName::parse(name).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn queue(name: &str) -> Result<Queue, ApiError> {
+    Queue::from_name(name).ok_or_else(|| ApiError::NotFound(format!("there is no queue {name:?}")))
+}
+
+fn done() -> Json<Value> {
+    Json(json!({ "ok": true }))
+}
+
+async fn status(State(state): State<ApiState>) -> Json<StatusReport> {
+    Json(state.control.status().await)
+}
+
+/// Server-Sent Events: a status snapshot first, then every [`PanelEvent`]. A client that falls
+/// behind gets a fresh snapshot instead of the events it missed.
+async fn events(
+    State(state): State<ApiState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    // Subscribe before taking the snapshot, so no change between the two is lost.
+    let receiver = state.control.subscribe();
+    let first = PanelEvent::Status {
+        report: state.control.status().await,
+    };
+    let control = state.control.clone();
+    let live = BroadcastStream::new(receiver).then(move |item| {
+        let control = control.clone();
+        async move {
+            match item {
+                Ok(event) => event,
+                Err(BroadcastStreamRecvError::Lagged(_)) => PanelEvent::Status {
+                    report: control.status().await,
+                },
+            }
+        }
+    });
+    let stream = futures::stream::once(async { first })
+        .chain(live)
+        .map(|event| Ok(sse_event(&event)))
+        .take_until(state.closing.cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+fn sse_event(event: &PanelEvent) -> Event {
+    match Event::default().json_data(event) {
+        Ok(sse) => sse,
+        // Our own types always serialize; should one not, the client learns of it.
+        Err(e) => Event::default().event("error").data(e.to_string()),
+    }
+}
+
+async fn stack_action(
+    State(state): State<ApiState>,
+    action: Result<Path<StackAction>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let action = path_part(action, "stack action (start or stop)")?;
+    state.control.stack_action(action).await?;
+    Ok(done())
+}
+
+async fn service_action(
+    State(state): State<ApiState>,
+    path: Result<Path<(String, ServiceAction)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (service, action) = path_part(path, "service action (start, stop or restart)")?;
+    let service = service_name(&service)?;
+    state.control.service_action(&service, action).await?;
+    Ok(done())
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    tail: Option<usize>,
+}
+
+async fn logs(
+    State(state): State<ApiState>,
+    Path(service): Path<String>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let service = service_name(&service)?;
+    let Query(query) = query.map_err(|_| {
+        ApiError::BadRequest(format!(
+            "tail must be a number of lines from 0 to {MAX_TAIL}"
+        ))
+    })?;
+    let tail = query.tail.unwrap_or(500);
+    if tail > MAX_TAIL {
+        return Err(ApiError::BadRequest(format!(
+            "tail must be a number of lines from 0 to {MAX_TAIL}"
+        )));
+    }
+    let lines = state.control.logs(&service, tail).await?;
+    Ok(Json(json!({ "service": service, "lines": lines })))
+}
+
+async fn tunnel_action(
+    State(state): State<ApiState>,
+    action: Result<Path<TunnelAction>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let action = path_part(action, "tunnel action (start or stop)")?;
+    state.control.tunnel_action(action).await?;
+    Ok(done())
+}
+
+async fn tunnel_requests(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<InspectedRequest>>, ApiError> {
+    Ok(Json(state.control.tunnel_requests().await?))
+}
+
+async fn replay_request(
+    State(state): State<ApiState>,
+    id: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_part(id, "request id")?;
+    state.control.replay_request(id).await?;
+    Ok(done())
+}
+
+async fn builds(State(state): State<ApiState>) -> Result<Json<Vec<BuildSummary>>, ApiError> {
+    Ok(Json(state.control.builds().await?))
+}
+
+async fn build_log(
+    State(state): State<ApiState>,
+    id: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_part(id, "build id")?;
+    let lines = state.control.build_log(id).await?;
+    Ok(Json(json!({ "build": id, "lines": lines })))
+}
+
+async fn build_action(
+    State(state): State<ApiState>,
+    path: Result<Path<(Uuid, BuildAction)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (id, action) = path_part(path, "build id and action (rebuild or cancel)")?;
+    state.control.build_action(id, action).await?;
+    Ok(done())
+}
+
+async fn dead_letters(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<DeadLetter>>, ApiError> {
+    Ok(Json(state.control.dead_letters(queue(&name)?).await?))
+}
+
+async fn dead_letter_action(
+    State(state): State<ApiState>,
+    path: Result<Path<(String, String, DeadLetterAction)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (name, message, action) =
+        path_part(path, "queue, message id and action (requeue or discard)")?;
+    state
+        .control
+        .dead_letter_action(queue(&name)?, &message, action)
+        .await?;
+    Ok(done())
+}
+
+async fn doctor(State(state): State<ApiState>) -> Result<Json<Vec<DoctorCheck>>, ApiError> {
+    Ok(Json(state.control.doctor().await?))
+}
+
+/// Answers first and stops afterwards: stopping ends this server, which would otherwise wait for
+/// this very request to finish.
+async fn shutdown(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
+    let control = state.control.clone();
+    tokio::spawn(async move { control.shutdown().await });
+    (StatusCode::ACCEPTED, Json(json!({ "stopping": true })))
+}

@@ -1,0 +1,262 @@
+//! What the panel asks of a running instance. The panel knows nothing of how the stack runs; the
+//! instance (`lookit-control`) implements [`ControlPlane`].
+//!
+//! Methods for parts that may not exist yet (builds, tunnel, dead letters, doctor) have default
+//! implementations that answer [`ActionError::NotAvailable`], so the UI can say "not available
+//! yet" instead of showing invented data.
+
+use chrono::{DateTime, Utc};
+use lookit_contracts::{BuildStatus, Queue};
+use lookit_status::StatusReport;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+/// The instance as the panel sees it.
+#[async_trait::async_trait]
+pub trait ControlPlane: Send + Sync + 'static {
+    /// A fresh snapshot of everything the overview shows.
+    async fn status(&self) -> StatusReport;
+
+    /// Live events; every SSE client gets its own receiver.
+    fn subscribe(&self) -> broadcast::Receiver<PanelEvent>;
+
+    /// Starts, stops or restarts one managed service (`postgres`, `rabbitmq`, `api`, `worker`, …).
+    async fn service_action(
+        &self,
+        service: &ServiceName,
+        action: ServiceAction,
+    ) -> Result<(), ActionError>;
+
+    /// Starts or stops the whole stack; the panel itself keeps running.
+    async fn stack_action(&self, action: StackAction) -> Result<(), ActionError>;
+
+    /// The last `tail` lines of a service's own log, oldest first.
+    async fn logs(&self, service: &ServiceName, tail: usize) -> Result<Vec<String>, ActionError>;
+
+    /// Stops everything the instance runs, the panel included (`lookit-local down`).
+    async fn shutdown(&self);
+
+    /// Opens or closes the public tunnel; its state is in [`StatusReport::tunnel`].
+    async fn tunnel_action(&self, _action: TunnelAction) -> Result<(), ActionError> {
+        Err(ActionError::NotAvailable("the tunnel".into()))
+    }
+
+    /// Requests the tunnel received, newest first (the inspector).
+    async fn tunnel_requests(&self) -> Result<Vec<InspectedRequest>, ActionError> {
+        Err(ActionError::NotAvailable("the tunnel inspector".into()))
+    }
+
+    /// Sends a recorded request to the API again.
+    async fn replay_request(&self, _id: Uuid) -> Result<(), ActionError> {
+        Err(ActionError::NotAvailable("the tunnel inspector".into()))
+    }
+
+    /// Study builds, newest first.
+    async fn builds(&self) -> Result<Vec<BuildSummary>, ActionError> {
+        Err(ActionError::NotAvailable("builds".into()))
+    }
+
+    /// The log of one build so far; later lines arrive as [`PanelEvent::BuildLog`].
+    async fn build_log(&self, _id: Uuid) -> Result<Vec<String>, ActionError> {
+        Err(ActionError::NotAvailable("builds".into()))
+    }
+
+    /// Rebuilds the build's study or cancels a running build.
+    async fn build_action(&self, _id: Uuid, _action: BuildAction) -> Result<(), ActionError> {
+        Err(ActionError::NotAvailable("builds".into()))
+    }
+
+    /// The messages in a queue's dead-letter queue, read without consuming them.
+    async fn dead_letters(&self, _queue: Queue) -> Result<Vec<DeadLetter>, ActionError> {
+        Err(ActionError::NotAvailable("dead-letter queues".into()))
+    }
+
+    /// Sends a dead letter back to its queue or discards it.
+    async fn dead_letter_action(
+        &self,
+        _queue: Queue,
+        _message_id: &str,
+        _action: DeadLetterAction,
+    ) -> Result<(), ActionError> {
+        Err(ActionError::NotAvailable("dead-letter queues".into()))
+    }
+
+    /// Every prerequisite with what is wrong and the command that fixes it.
+    async fn doctor(&self) -> Result<Vec<DoctorCheck>, ActionError> {
+        Err(ActionError::NotAvailable("the doctor".into()))
+    }
+}
+
+/// Why the instance did not do what was asked. Each variant maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ActionError {
+    #[error("there is no service named {0:?}")]
+    UnknownService(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The part of the instance that would do this is not built yet.
+    #[error("{0} not available yet")]
+    NotAvailable(String),
+    /// The request is valid but conflicts with the current state (e.g. cancelling a finished build).
+    #[error("{0}")]
+    Conflict(String),
+    /// The instance tried and failed; the message says why.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A service name as it appears in URLs: lowercase letters, digits and `-`, at most 40 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ServiceName(String);
+
+impl ServiceName {
+    pub fn parse(name: &str) -> Result<Self, InvalidServiceName> {
+        let valid = !name.is_empty()
+            && name.len() <= 40
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if valid {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(InvalidServiceName(name.chars().take(60).collect()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a service name: expected lowercase letters, digits and '-'")]
+pub struct InvalidServiceName(String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceAction {
+    Start,
+    Stop,
+    Restart,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StackAction {
+    Start,
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelAction {
+    Start,
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildAction {
+    Rebuild,
+    Cancel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterAction {
+    Requeue,
+    Discard,
+}
+
+/// Something the UI should learn without asking. Serialized with a `type` tag, e.g.
+/// `{"type":"status","report":{…}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PanelEvent {
+    /// The full current status; sent first to every new client and on every change.
+    Status { report: StatusReport },
+    /// One line of a managed service's own output.
+    Log { service: String, line: String },
+    /// One line of a build's log.
+    BuildLog { build: Uuid, line: String },
+    /// Progress of a long task (an image pull, a build), `fraction` in 0..=1 when known.
+    Progress {
+        id: String,
+        label: String,
+        fraction: Option<f64>,
+        done: bool,
+    },
+    /// Something the user should be told about: a crash, a finished build, a tunnel change.
+    Notification {
+        level: NotificationLevel,
+        title: String,
+        body: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationLevel {
+    Info,
+    Success,
+    Warning,
+    Error,
+}
+
+/// One study build as the Builds page lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildSummary {
+    pub id: Uuid,
+    pub study: String,
+    pub status: BuildStatus,
+    /// What the build is doing now, e.g. `docker build` or `upload`.
+    pub stage: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Docker layer cache hits out of all steps, when known.
+    pub cache_hits: Option<u32>,
+    pub steps: Option<u32>,
+    pub message: Option<String>,
+}
+
+/// A message in a dead-letter queue, with why it landed there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The message id (AMQP `message_id`, the job id).
+    pub id: String,
+    pub reason: Option<String>,
+    pub last_error: Option<String>,
+    pub attempts: Option<u32>,
+    /// The start of the body, as text.
+    pub body_preview: String,
+}
+
+/// A request that came in through the tunnel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InspectedRequest {
+    pub id: Uuid,
+    pub received_at: DateTime<Utc>,
+    pub method: String,
+    pub path: String,
+    pub status: Option<u16>,
+    pub duration_ms: Option<u64>,
+}
+
+/// One prerequisite checked by the doctor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DoctorCheck {
+    pub name: String,
+    pub ok: bool,
+    /// What is wrong, when it is.
+    pub problem: Option<String>,
+    /// The exact command that fixes it.
+    pub fix: Option<String>,
+}
