@@ -59,9 +59,24 @@ impl Config {
         })
     }
 
-    /// The configuration as TOML, for `config show` (holds no secrets by construction).
+    /// The configuration as TOML, for `config show`. Generated secrets are never in a `Config`;
+    /// passwords a user wrote into connection URLs are replaced by `REDACTED`.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("a valid Config always serializes")
+        let mut shown = self.clone();
+        for url in [
+            &mut shown.postgres.url,
+            &mut shown.rabbitmq.url,
+            &mut shown.rabbitmq.management_url,
+            &mut shown.email.smtp_url,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("REDACTED"));
+            }
+        }
+        toml::to_string_pretty(&shown).expect("a valid Config always serializes")
     }
 }
 
@@ -242,6 +257,18 @@ mod tests {
     #[test]
     fn lookit_local_home_is_not_an_override() {
         assert!(load("", &[("LOOKIT_LOCAL_HOME", "/x")]).is_ok());
+    }
+
+    #[test]
+    fn shown_config_hides_passwords_in_urls() {
+        let config = load(
+            "[stack]\nbackend = \"external\"\n[postgres]\nurl = \"postgres://lab:hunter2hunter2@db.lab:5432/lookit\"\n",
+            &[],
+        )
+        .unwrap();
+        let shown = config.to_toml();
+        assert!(!shown.contains("hunter2hunter2"), "{shown}");
+        assert!(shown.contains("postgres://lab:REDACTED@db.lab:5432/lookit"), "{shown}");
     }
 
     #[test]

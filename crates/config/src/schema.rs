@@ -17,6 +17,8 @@ pub struct Config {
     pub docker: DockerConfig,
     pub api: ApiConfig,
     pub panel: PanelConfig,
+    pub builds: BuildsConfig,
+    pub email: EmailConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -153,6 +155,45 @@ impl Default for ApiConfig {
 pub struct PanelConfig {
     /// Port of the control panel on 127.0.0.1; 0 picks a free one.
     pub port: Port,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuildsConfig {
+    /// Image that honours Lookit's build contract (§2); built from `docker/ember-builder`.
+    pub builder_image: ImageName,
+    /// Longest a build may run before it fails as timed out.
+    pub time_limit_secs: u64,
+    /// Attempts of one job before it goes to its dead-letter queue.
+    pub max_attempts: u32,
+}
+
+impl Default for BuildsConfig {
+    fn default() -> Self {
+        Self {
+            builder_image: ImageName("lookit/ember-builder:latest".into()),
+            time_limit_secs: 30 * 60,
+            max_attempts: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    /// `smtp://host:port` (lettre syntax). Without it, email is kept in the local outbox that
+    /// the dashboard shows.
+    pub smtp_url: Option<url::Url>,
+    pub from_address: String,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            smtp_url: None,
+            from_address: "Lookit Local <lookit@localhost>".into(),
+        }
+    }
 }
 
 /// A TCP port number; 0 means "any free port".
