@@ -1,0 +1,166 @@
+//! The embedded Lookit API server (issue 4): the parts of Lookit's Django server that local work
+//! needs, compatible with the contracts of the domain reference so a real frameplayer build, Pipe
+//! and the AWS Lambda can talk to it.
+//!
+//! - [`run`] serves HTTPS (or plain HTTP when no TLS is given: tests, behind the panel) until the
+//!   shutdown future completes.
+//! - `/api/auth/` login with password and authenticator ([`auth`]), `/api/v1/` the JSON:API,
+//!   `/api/researcher/` the researcher routes, `/exp/renamevideo/` Pipe's webhook,
+//!   `/studies/...` built studies, `/api/health/`, `/api/openapi.json` (every route).
+//! - Every client error is a JSON body; no client input produces a 500.
+
+pub mod admin;
+mod auth;
+pub mod demo;
+mod error;
+mod extract;
+mod jsonapi;
+pub mod outbox;
+mod researcher;
+mod served;
+mod state;
+pub mod tls;
+mod video;
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+pub use auth::{check_password_rules, FAILURE_WINDOW_MINUTES, MAX_FAILURES};
+pub use error::ApiError;
+pub use state::{local_video_store, ApiSettings, ApiState, PublicUrl};
+pub use tls::TlsConfig;
+pub use video::VideoName;
+
+/// Bodies up to this size: a response's `exp_data` grows frame by frame.
+const BODY_LIMIT: usize = 16 * 1024 * 1024;
+/// How long open connections may finish after shutdown begins.
+const GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    database: String,
+    broker: String,
+}
+
+#[utoipa::path(get, path = "/api/health/", tag = "health",
+    responses((status = 200, body = Health, description = "database and broker reachable"),
+              (status = 503, body = Health, description = "something is down; the fields say what")))]
+async fn health(State(state): State<ApiState>) -> Response {
+    let database = match sqlx::query("SELECT 1").execute(state.pool()).await {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("unreachable: {e}"),
+    };
+    let broker = match &state.settings().amqp_url {
+        None => "not configured".to_string(),
+        Some(url) => {
+            let connect = lapin::Connection::connect(url.expose_secret(), Default::default());
+            match tokio::time::timeout(Duration::from_secs(3), connect).await {
+                Ok(Ok(connection)) => {
+                    let _ = connection.close(200, "health check").await;
+                    "ok".to_string()
+                }
+                Ok(Err(e)) => format!("unreachable: {e}"),
+                Err(_) => "unreachable: no answer within 3 s".to_string(),
+            }
+        }
+    };
+    let healthy = database == "ok" && broker != "not configured" && broker == "ok";
+    let status = if healthy || (database == "ok" && broker == "not configured") {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(Health { database, broker })).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route; GET /api/openapi.json lists them all".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::Rejected {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        detail: "this route does not take that method; GET /api/openapi.json lists them".into(),
+    }
+}
+
+fn api_router() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .nest("/api/auth", auth::routes())
+        .nest("/api/v1", jsonapi::routes())
+        .nest("/api/researcher", researcher::routes())
+        .merge(video::routes())
+        .merge(served::routes())
+}
+
+/// The OpenAPI document of every route (axum's `{*rest}` written as `{rest}`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = api_router().split_for_parts();
+    doc.info.title = "Lookit Local API".into();
+    doc.info.description = Some("The embedded Lookit API server of Lookit Local.".into());
+    doc.paths.paths = std::mem::take(&mut doc.paths.paths)
+        .into_iter()
+        .map(|(path, item)| (path.replace("{*", "{"), item))
+        .collect();
+    doc
+}
+
+/// The whole application as an axum router.
+pub fn router(state: ApiState) -> Router {
+    let (router, _) = api_router().split_for_parts();
+    let document = openapi();
+    router
+        .route(
+            "/api/openapi.json",
+            axum::routing::get(move || async move { axum::Json(document) }),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` (HTTPS when `tls` is given) until `shutdown` completes, then
+/// lets open requests finish for a few seconds.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    tls: Option<TlsConfig>,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let listener = listener.into_std().context("take over the listener")?;
+    let handle = axum_server::Handle::new();
+    let on_shutdown = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        on_shutdown.graceful_shutdown(Some(GRACE));
+    });
+    match tls {
+        Some(TlsConfig(config)) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
+            axum_server::from_tcp_rustls(listener, config)
+                .handle(handle)
+                .serve(app)
+                .await
+        }
+        None => {
+            axum_server::from_tcp(listener)
+                .handle(handle)
+                .serve(app)
+                .await
+        }
+    }
+    .context("serve the API")
+}
