@@ -1,0 +1,185 @@
+//! The embedded worker (issue 5): Lookit's Celery worker rewritten. It consumes the `builds`,
+//! `email` and `cleanup` queues of RabbitMQ, keeps its state in Postgres, runs study builds in
+//! Docker, and publishes the scheduled cleanup jobs.
+//!
+//! Guarantees: a message is acknowledged only after its effects are committed; a redelivered job
+//! never repeats an effect; failures are retried with exponential backoff through
+//! `<queue>.retry` and end in `<queue>.dead` with the reason; a lost broker is reconnected with
+//! backoff and consuming resumes; on shutdown the worker takes no new job and lets the jobs in
+//! flight finish (a build in flight is stopped and put back in the queue).
+
+mod broker;
+mod build;
+mod cleanup;
+mod container;
+mod email;
+mod ledger;
+mod settings;
+mod source;
+mod storage;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use lookit_contracts::{BuildStatus, Queue};
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use broker::{declare_queues, Publisher};
+pub use build::{BuildStage, BUILD_NOTIFY_CHANNEL};
+pub use email::EmailOutcome;
+pub use settings::{BuildEnvironment, QueueLimits, StorageTarget, WorkerSettings};
+pub use source::{PlayerSource, DEFAULT_PLAYER_BRANCH, DEFAULT_PLAYER_REPOSITORY};
+
+use broker::RetryPolicy;
+
+/// What the worker reports to the dashboard and the log.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum WorkerEvent {
+    /// Consuming (again) after a connect.
+    BrokerConnected,
+    /// The broker connection failed; reconnecting after `retry_in_ms`.
+    BrokerLost {
+        error: String,
+        retry_in_ms: u64,
+    },
+    BuildStatus {
+        build_id: Uuid,
+        study_id: Uuid,
+        status: BuildStatus,
+        stage: Option<String>,
+        cache_hit: bool,
+    },
+    BuildLog {
+        build_id: Uuid,
+        line: String,
+    },
+    Email {
+        email_id: Uuid,
+        outcome: EmailOutcome,
+    },
+    DeadLettered {
+        queue: Queue,
+        job_id: Option<Uuid>,
+        reason: String,
+    },
+}
+
+/// Longest wait between two reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+
+/// Runs the worker until `shutdown` fires. Errors only for a configuration that can never work
+/// (e.g. a bad SMTP URL or no Docker engine); broker trouble is retried forever.
+pub async fn run(
+    pool: PgPool,
+    settings: WorkerSettings,
+    events: broadcast::Sender<WorkerEvent>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let docker =
+        bollard::Docker::connect_with_local_defaults().context("connect to the Docker engine")?;
+    let mailer = Arc::new(email::Mailer::new(&settings)?);
+    let builds = Arc::new(build::BuildHandler {
+        pool: pool.clone(),
+        settings: settings.clone(),
+        docker: docker.clone(),
+        events: events.clone(),
+    });
+    let emails = Arc::new(email::EmailHandler {
+        pool: pool.clone(),
+        mailer,
+        events: events.clone(),
+    });
+    let cleanups = Arc::new(cleanup::CleanupHandler {
+        pool: pool.clone(),
+        settings: settings.clone(),
+        docker,
+    });
+    let retry = RetryPolicy {
+        max_attempts: settings.max_attempts.max(1),
+        backoff_base: settings.retry_backoff_base,
+    };
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let mut connected = false;
+        let session = async {
+            let connection = broker::connect(&settings.amqp_url)
+                .await
+                .context("connect to RabbitMQ")?;
+            let channel = connection.create_channel().await?;
+            declare_queues(&channel)
+                .await
+                .context("declare the queues")?;
+            let _ = channel.close(200, "declared").await;
+            connected = true;
+            let _ = events.send(WorkerEvent::BrokerConnected);
+            tracing::info!("worker consuming builds, email and cleanup");
+            let schedule = Publisher::open(&connection).await?;
+            let consumed = tokio::try_join!(
+                broker::consume(
+                    &connection,
+                    builds.clone(),
+                    settings.limits(Queue::Builds),
+                    retry,
+                    events.clone(),
+                    shutdown.clone()
+                ),
+                broker::consume(
+                    &connection,
+                    emails.clone(),
+                    settings.limits(Queue::Email),
+                    retry,
+                    events.clone(),
+                    shutdown.clone()
+                ),
+                broker::consume(
+                    &connection,
+                    cleanups.clone(),
+                    settings.limits(Queue::Cleanup),
+                    retry,
+                    events.clone(),
+                    shutdown.clone()
+                ),
+                cleanup::publish_schedule(
+                    schedule,
+                    settings.cleanup_schedule.clone(),
+                    shutdown.clone()
+                ),
+            );
+            if consumed.is_err() {
+                // One consumer failed: stop the others (their jobs finish or requeue).
+                let _ = connection.close(320, "reconnecting").await;
+            } else {
+                let _ = connection.close(200, "worker shutting down").await;
+            }
+            consumed.map(|_| ())
+        };
+        // Any failure of the session is the broker's (or the network's): reconnect.
+        let result = session.await;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        if connected {
+            delay = Duration::from_millis(500);
+        }
+        if let Err(error) = result {
+            let error = format!("{error:#}");
+            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "broker connection lost");
+            let _ = events.send(WorkerEvent::BrokerLost {
+                error,
+                retry_in_ms: delay.as_millis() as u64,
+            });
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+    }
+}
