@@ -1,0 +1,305 @@
+//! The API spawned in-process on port 0 over a fresh database, plus helpers to log in as the
+//! different kinds of user.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::net::SocketAddr;
+
+use lookit_api::{ApiSettings, ApiState};
+use lookit_testkit::TestDatabase;
+use reqwest::header::HeaderMap;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use url::Url;
+use uuid::Uuid;
+
+pub const PUBLIC_URL: &str = "https://tunnel.example.org";
+pub const PIPE_KEY: &str = "pipe-webhook-key-for-tests";
+pub const LAMBDA_SECRET: &str = "lambda-secret-for-tests";
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct TestApp {
+    pub base: String,
+    pub addr: SocketAddr,
+    pub pool: PgPool,
+    pub state: ApiState,
+    pub client: reqwest::Client,
+    pub videos: tempfile::TempDir,
+    _db: TestDatabase,
+    _shutdown: oneshot::Sender<()>,
+}
+
+
+pub struct AppOptions {
+    pub amqp_url: Option<String>,
+    pub tls: Option<lookit_api::TlsConfig>,
+    pub cookie_secure: bool,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        AppOptions {
+            amqp_url: None,
+            tls: None,
+            cookie_secure: false,
+        }
+    }
+}
+
+pub async fn migrated_database() -> (TestDatabase, PgPool) {
+    let db = lookit_testkit::fresh_database().await;
+    let pool = db.pool().await;
+    lookit_contracts::MIGRATOR.run(&pool).await.expect("migrations apply");
+    (db, pool)
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let (db, pool) = migrated_database().await;
+    let videos = tempfile::tempdir().expect("temp dir");
+    let settings = ApiSettings {
+        public_url: Some(Url::parse(PUBLIC_URL).unwrap()),
+        environment: "test".into(),
+        session_key: SecretString::from("session-key-for-tests"),
+        pipe_webhook_key: SecretString::from(PIPE_KEY),
+        lambda_secret: SecretString::from(LAMBDA_SECRET),
+        video_store: lookit_api::local_video_store(videos.path()).unwrap(),
+        amqp_url: options.amqp_url.map(SecretString::from),
+        cookie_secure: options.cookie_secure,
+    };
+    let state = ApiState::new(pool.clone(), settings);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let scheme = if options.tls.is_some() { "https" } else { "http" };
+    tokio::spawn(lookit_api::run(listener, options.tls, state.clone(), async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        base: format!("{scheme}://{addr}"),
+        addr,
+        pool,
+        state,
+        client: reqwest::Client::new(),
+        videos,
+        _db: db,
+        _shutdown: tx,
+    }
+}
+
+/// A logged-in browser session: the cookie and its CSRF token.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub cookie: String,
+    pub csrf: String,
+}
+
+/// A user created for a test.
+pub struct TestUser {
+    pub id: Uuid,
+    pub username: String,
+    pub totp_secret: String,
+}
+
+impl TestUser {
+    pub fn code(&self) -> String {
+        lookit_api_totp(&self.totp_secret, &self.username).generate_current().unwrap()
+    }
+}
+
+pub fn lookit_api_totp(secret: &str, account: &str) -> totp_rs::TOTP {
+    totp_rs::TOTP::new(
+        totp_rs::Algorithm::SHA1,
+        6,
+        1,
+        30,
+        totp_rs::Secret::Encoded(secret.into()).to_bytes().unwrap(),
+        Some("Lookit-test".into()),
+        account.into(),
+    )
+    .unwrap()
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A user with the test password: `researcher` with an authenticator `activated` or not.
+    pub async fn user(&self, researcher: bool, activated: bool) -> TestUser {
+        let username = format!("{}@example.org", Uuid::new_v4().simple());
+        let created = lookit_api::admin::create_researcher(
+            &self.pool,
+            "test",
+            &username,
+            Some(SecretString::from(PASSWORD)),
+        )
+        .await
+        .expect("create user");
+        let uri = Url::parse(&created.otpauth_uri).unwrap();
+        let secret = uri
+            .query_pairs()
+            .find(|(k, _)| k == "secret")
+            .map(|(_, v)| v.to_string())
+            .unwrap();
+        sqlx::query("UPDATE users SET is_researcher = $2, totp_activated = $3 WHERE id = $1")
+            .bind(created.id)
+            .bind(researcher)
+            .bind(activated)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        TestUser {
+            id: created.id,
+            username,
+            totp_secret: secret,
+        }
+    }
+
+    pub async fn make_staff(&self, user: &TestUser) {
+        sqlx::query("UPDATE users SET is_staff = true WHERE id = $1")
+            .bind(user.id)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    /// POST /api/auth/login/; returns the status, body and session (when a cookie was set).
+    pub async fn login(&self, username: &str, password: &str) -> (u16, Value, Option<Session>, HeaderMap) {
+        let response = self
+            .client
+            .post(self.url("/api/auth/login/"))
+            .json(&json!({"username": username, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let cookie = headers
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::to_string);
+        let body: Value = response.json().await.unwrap();
+        let session = cookie.map(|cookie| Session {
+            cookie,
+            csrf: body["csrf_token"].as_str().unwrap_or_default().to_string(),
+        });
+        (status, body, session, headers)
+    }
+
+    /// A complete session of the user (password, and the code when activated).
+    pub async fn session(&self, user: &TestUser) -> Session {
+        let (status, body, session, _) = self.login(&user.username, PASSWORD).await;
+        assert_eq!(status, 200, "{body}");
+        let session = session.expect("session cookie");
+        if body["second_factor"] == "required" {
+            let response = self
+                .post(&session, "/api/auth/login/code/", json!({"code": user.code()}))
+                .await;
+            assert_eq!(response.status(), 204);
+        }
+        session
+    }
+
+    /// A fully logged-in researcher (activated authenticator) in a new approved lab.
+    pub async fn researcher(&self) -> (TestUser, Session, Uuid) {
+        let user = self.user(true, true).await;
+        let lab = self.lab(true).await;
+        sqlx::query("INSERT INTO lab_researchers (lab_id, user_id) VALUES ($1, $2)")
+            .bind(lab)
+            .bind(user.id)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        let session = self.session(&user).await;
+        (user, session, lab)
+    }
+
+    pub async fn lab(&self, approved: bool) -> Uuid {
+        let id = Uuid::new_v4();
+        sqlx::query("INSERT INTO labs (id, name, approved_to_test) VALUES ($1, 'Lab', $2)")
+            .bind(id)
+            .bind(approved)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        id
+    }
+
+    pub async fn study(&self, lab: Uuid, state: &str) -> Uuid {
+        let id = Uuid::new_v4();
+        sqlx::query("INSERT INTO studies (id, name, lab_id, state) VALUES ($1, 'Study', $2, $3)")
+            .bind(id)
+            .bind(lab)
+            .bind(state)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        id
+    }
+
+    pub async fn child(&self, user: Uuid) -> Uuid {
+        let id = Uuid::new_v4();
+        sqlx::query("INSERT INTO children (id, user_id, given_name, birthday) VALUES ($1, $2, 'Kid', '2023-01-01')")
+            .bind(id)
+            .bind(user)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        id
+    }
+
+    pub async fn response(&self, study: Uuid, child: Uuid) -> Uuid {
+        let id = Uuid::new_v4();
+        sqlx::query("INSERT INTO responses (id, study_id, child_id) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(study)
+            .bind(child)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        id
+    }
+
+    pub async fn get(&self, session: &Session, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .header("cookie", &session.cookie)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, session: &Session, path: &str, body: Value) -> reqwest::Response {
+        self.send(reqwest::Method::POST, session, path, body).await
+    }
+
+    pub async fn send(&self, method: reqwest::Method, session: &Session, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .request(method, self.url(path))
+            .header("cookie", &session.cookie)
+            .header("x-csrftoken", &session.csrf)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// The `detail` of the first JSON:API error object of a response (panics if there is none).
+pub async fn error_detail(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("errors are JSON");
+    let detail = body["errors"][0]["detail"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no JSON:API error object in {body}"))
+        .to_string();
+    assert_eq!(body["errors"][0]["status"], status.to_string());
+    (status, detail)
+}
