@@ -1,0 +1,208 @@
+//! One function per command. Commands talk to a running instance through its panel API (the
+//! same API the UI uses), found through the instance record in the data home.
+
+use std::io::{BufRead, IsTerminal, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use lookit_config::{Config, Home};
+use lookit_control::{InstanceRecord, PanelClient};
+
+use crate::{Command, ConfigAction, Outcome};
+
+pub async fn run(command: Command, home: Home, config: Config) -> anyhow::Result<Outcome> {
+    match command {
+        Command::Up { headless, backend } => {
+            let mut config = config;
+            if let Some(backend) = backend {
+                config.stack.backend = backend.into();
+            }
+            lookit_control::run_foreground(home, config, headless).await?;
+            Ok(Outcome::Done)
+        }
+        Command::Down { purge, yes } => down(&home, &config, purge, yes).await,
+        Command::Status { json } => status(&home, &config, json).await,
+        Command::Doctor { json } => doctor(&home, &config, json).await,
+        Command::Env => env(&home, &config).await,
+        Command::Logs {
+            service,
+            follow,
+            lines,
+        } => logs(&home, &service, follow, lines).await,
+        Command::Config { action } => config_command(&home, &config, action),
+        Command::Tunnel { .. } => not_built("tunnel", 6),
+        Command::Admin { .. } => not_built("admin create-researcher", 4),
+        Command::Demo { .. } => not_built("demo seed", 4),
+        Command::Worker => not_built("worker", 5),
+        Command::Build { .. } => not_built("build", 5),
+        Command::Certs { .. } => not_built("certs trust", 4),
+    }
+}
+
+/// Commands whose feature has not landed say so and fail; none pretends to work.
+fn not_built(command: &str, issue: u32) -> anyhow::Result<Outcome> {
+    bail!("`lookit-local {command}` is not built yet (issue #{issue}); nothing was done")
+}
+
+fn config_command(home: &Home, config: &Config, action: ConfigAction) -> anyhow::Result<Outcome> {
+    match action {
+        ConfigAction::Show => print!("{}", config.to_toml()),
+        ConfigAction::Path => println!("{}", home.config_file().display()),
+        // Loading already validated it: reaching this point means it is valid.
+        ConfigAction::Check => {
+            let source = if home.config_file().exists() {
+                home.config_file().display().to_string()
+            } else {
+                format!("defaults (no file at {})", home.config_file().display())
+            };
+            println!("configuration is valid: {source}");
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+async fn down(home: &Home, config: &Config, purge: bool, yes: bool) -> anyhow::Result<Outcome> {
+    match InstanceRecord::read_live(&home.instance_file())? {
+        Some(record) => {
+            println!("Stopping Lookit Local (pid {})…", record.pid);
+            PanelClient::new(&record).shutdown().await?;
+            lookit_control::wait_for_exit(record.pid, Duration::from_secs(120)).await?;
+            println!("Stopped. Data is kept.");
+        }
+        None => println!("No instance is running for {}.", home.data_dir().display()),
+    }
+    if purge {
+        if !yes && !confirm_purge(home)? {
+            println!("Nothing deleted.");
+            return Ok(Outcome::Problems);
+        }
+        lookit_control::purge(home, config).await?;
+        println!("All service data of {} deleted.", home.data_dir().display());
+    }
+    Ok(Outcome::Done)
+}
+
+fn confirm_purge(home: &Home) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!("`down --purge` deletes every database and queue of this home; run it in a terminal to confirm, or add --yes");
+    }
+    print!(
+        "This deletes all Postgres and RabbitMQ data under {}. Type `purge` to confirm: ",
+        home.data_dir().display()
+    );
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim() == "purge")
+}
+
+async fn status(home: &Home, config: &Config, json: bool) -> anyhow::Result<Outcome> {
+    let report = lookit_control::status(home, config).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", lookit_control::render_status(&report));
+    }
+    Ok(Outcome::Done)
+}
+
+async fn doctor(home: &Home, config: &Config, json: bool) -> anyhow::Result<Outcome> {
+    let checks = lookit_control::doctor(home, config).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        print!("{}", lookit_control::render_doctor(&checks));
+    }
+    Ok(if checks.iter().all(|c| c.ok) {
+        Outcome::Done
+    } else {
+        Outcome::Problems
+    })
+}
+
+async fn env(home: &Home, config: &Config) -> anyhow::Result<Outcome> {
+    for (name, value) in lookit_control::lookit_env(home, config).await? {
+        println!("{name}={value}");
+    }
+    Ok(Outcome::Done)
+}
+
+/// Log files: one per managed service, and the app's own daily JSON files (`app`).
+fn log_file(home: &Home, service: &str) -> anyhow::Result<PathBuf> {
+    let dir = home.logs_dir();
+    if service == "app" {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("no logs yet in {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+            .collect();
+        files.sort();
+        return files
+            .pop()
+            .with_context(|| format!("no app log in {}", dir.display()));
+    }
+    let path = dir.join(format!("{service}.log"));
+    if path.exists() {
+        return Ok(path);
+    }
+    let known: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_suffix(".log")
+                        .map(String::from)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    bail!(
+        "no log for `{service}` in {}; available: app{}",
+        dir.display(),
+        known.iter().map(|k| format!(", {k}")).collect::<String>()
+    )
+}
+
+async fn logs(home: &Home, service: &str, follow: bool, lines: usize) -> anyhow::Result<Outcome> {
+    let path = log_file(home, service)?;
+    let mut file =
+        std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    let all: Vec<&str> = text.lines().collect();
+    for line in &all[all.len().saturating_sub(lines)..] {
+        println!("{line}");
+    }
+    if follow {
+        follow_file(&path, file).await?;
+    }
+    Ok(Outcome::Done)
+}
+
+/// Prints what is appended to `path` until Ctrl-C; starts over when the file is rotated.
+async fn follow_file(path: &Path, mut file: std::fs::File) -> anyhow::Result<()> {
+    let mut position = file.stream_position()?;
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if len < position {
+            file = std::fs::File::open(path)?;
+            position = 0;
+        }
+        if len > position {
+            file.seek(SeekFrom::Start(position))?;
+            let mut chunk = String::new();
+            position += file.read_to_string(&mut chunk)? as u64;
+            print!("{chunk}");
+            std::io::stdout().flush()?;
+        }
+    }
+}

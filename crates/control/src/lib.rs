@@ -1,0 +1,34 @@
+//! One Lookit Local instance: starts the stack, the API, the worker, the tunnel guardian and the
+//! control panel, supervises them and stops them cleanly. The CLI (`lookit-local up`) and the
+//! desktop shell both run an instance through this crate; neither knows how the parts are wired.
+//!
+//! Invariants:
+//! - The panel listens on 127.0.0.1 only and every request needs the instance's token.
+//! - The instance record (`instance.json`, 0600) exists exactly while the instance runs.
+//! - Shutdown stops, in order: the worker and the API, then the managed services, then the panel.
+
+mod apps;
+mod commands;
+mod control_plane;
+mod doctor;
+mod instance;
+mod instance_record;
+mod panel_client;
+mod render;
+pub mod telemetry;
+
+pub use commands::{lookit_env, purge, status, wait_for_exit};
+pub use instance::{run_foreground, Instance, InstanceOptions};
+pub use instance_record::{InstanceRecord, RecordGuard};
+pub use panel_client::PanelClient;
+pub use render::render_status;
+
+pub use doctor::render as render_doctor;
+/// Every prerequisite, with the problem and the command that fixes it.
+pub use doctor::run as doctor;
+
+/// Installs aws-lc-rs as the process's only rustls provider. Call once at start-up, before any
+/// TLS is used; calling it again is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -1,0 +1,116 @@
+//! Plain-text views of the status for the terminal.
+
+use std::fmt::Write;
+
+use lookit_status::{ServiceState, StatusReport, TunnelState};
+
+/// `lookit-local status` without `--json`: one line per service and queue, then the URLs.
+pub fn render_status(report: &StatusReport) -> String {
+    let mut out = String::new();
+    let headline = match (report.running, report.ready) {
+        (true, true) => "Lookit Local is running and ready",
+        (true, false) => "Lookit Local is running but not ready",
+        (false, _) => "Lookit Local is not running",
+    };
+    let _ = writeln!(out, "{headline}");
+    if !report.services.is_empty() {
+        let _ = writeln!(out, "\nServices:");
+        for s in &report.services {
+            let state = match s.state {
+                ServiceState::Stopped => "stopped",
+                ServiceState::Starting => "starting",
+                ServiceState::Ready => "ready",
+                ServiceState::Failed => "FAILED",
+                ServiceState::Stopping => "stopping",
+            };
+            let _ = write!(
+                out,
+                "  {:<10} {:<9} {:<9} {}",
+                s.name,
+                state,
+                s.backend,
+                s.address.as_deref().unwrap_or("-")
+            );
+            if let Some(message) = &s.message {
+                let _ = write!(out, "  ({message})");
+            }
+            out.push('\n');
+        }
+    }
+    if !report.queues.is_empty() {
+        let _ = writeln!(out, "\nQueues:            ready  unacked  consumers");
+        for q in &report.queues {
+            let _ = writeln!(
+                out,
+                "  {:<15} {:>7}  {:>7}  {:>9}",
+                q.name, q.ready, q.unacked, q.consumers
+            );
+        }
+    }
+    let _ = writeln!(out);
+    if let Some(url) = &report.api.url {
+        let _ = writeln!(out, "API:       {url}");
+    }
+    if let Some(url) = &report.panel.url {
+        let _ = writeln!(out, "Dashboard: {url}");
+    }
+    let tunnel = match report.tunnel.state {
+        TunnelState::Off => "off".to_string(),
+        TunnelState::Starting => "starting".to_string(),
+        TunnelState::Open => format!(
+            "open at {}",
+            report.tunnel.public_url.as_deref().unwrap_or("?")
+        ),
+        TunnelState::Reconnecting => "reconnecting".to_string(),
+        TunnelState::Failed => format!(
+            "failed: {}",
+            report.tunnel.message.as_deref().unwrap_or("unknown error")
+        ),
+    };
+    let _ = writeln!(out, "Tunnel:    {tunnel}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lookit_status::{QueueDepth, ServiceStatus};
+
+    #[test]
+    fn failed_service_and_its_reason_are_visible() {
+        let report = StatusReport {
+            running: true,
+            services: vec![ServiceStatus {
+                name: "postgres".into(),
+                state: ServiceState::Failed,
+                backend: "native".into(),
+                address: Some("127.0.0.1:5433".into()),
+                started_at: None,
+                restarts: 2,
+                cpu_percent: None,
+                memory_bytes: None,
+                message: Some("exited with status 1".into()),
+            }],
+            queues: vec![QueueDepth {
+                name: "builds".into(),
+                ready: 3,
+                unacked: 1,
+                consumers: 1,
+                publish_rate: None,
+                deliver_rate: None,
+            }],
+            ..Default::default()
+        };
+        let text = render_status(&report);
+        assert!(text.contains("running but not ready"), "{text}");
+        assert!(
+            text.contains("FAILED") && text.contains("exited with status 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("builds") && text.contains("      3"),
+            "{text}"
+        );
+        assert!(text.contains("Tunnel:    off"), "{text}");
+    }
+}
