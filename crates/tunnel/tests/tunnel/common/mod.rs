@@ -1,0 +1,202 @@
+//! A world for tunnel tests: a real Postgres database with the migrations, a bore server on
+//! loopback, a stand-in Lookit API and a stand-in control panel, each on port 0.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::Json;
+use lookit_status::TunnelStatus;
+use lookit_testkit::TestDatabase;
+use lookit_tunnel::{
+    ApiTarget, BoreServer, GuardianSettings, InspectorSettings, ProviderSettings, Tunnel,
+    TunnelSettings,
+};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// What the stand-in API saw: one JSON object per request.
+#[derive(Clone, Default)]
+pub struct ApiLog(Arc<Mutex<Vec<Value>>>);
+
+impl ApiLog {
+    pub fn requests(&self) -> Vec<Value> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+async fn api_echo(
+    State(log): State<ApiLog>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Json<Value> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let seen = json!({
+        "answered_by": "api",
+        "method": method.as_str(),
+        "target": uri.to_string(),
+        "x_forwarded_host": header("x-forwarded-host"),
+        "x_forwarded_proto": header("x-forwarded-proto"),
+        "x_pipe_signature": header("x-pipe-signature"),
+        "authorization": header("authorization"),
+        "body": String::from_utf8_lossy(&body),
+    });
+    log.0.lock().unwrap().push(seen.clone());
+    Json(seen)
+}
+
+/// Serves `router` on 127.0.0.1:0 until the token is cancelled.
+pub async fn serve(router: axum::Router) -> (SocketAddr, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone().cancelled_owned();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .unwrap()
+    });
+    (addr, stop)
+}
+
+pub async fn start_api() -> (SocketAddr, ApiLog, CancellationToken) {
+    let log = ApiLog::default();
+    let router = axum::Router::new()
+        .fallback(api_echo)
+        .with_state(log.clone());
+    let (addr, stop) = serve(router).await;
+    (addr, log, stop)
+}
+
+/// A bore server whose control port can be taken down and brought back.
+pub struct BoreHost {
+    pub control: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl BoreHost {
+    pub async fn start() -> BoreHost {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener)
+    }
+
+    fn serve(listener: TcpListener) -> BoreHost {
+        let control = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = BoreServer::new("127.0.0.1".parse().unwrap(), None);
+        tokio::spawn(server.run(listener, stop.clone()));
+        BoreHost { control, stop }
+    }
+
+    /// Takes the server away: its control port and every tunnel close.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Brings a server back on the same control port.
+    pub async fn restart(&self) -> BoreHost {
+        let listener = TcpListener::bind(self.control).await.unwrap();
+        Self::serve(listener)
+    }
+}
+
+pub struct World {
+    /// Kept so the database lives as long as the test.
+    pub _db: TestDatabase,
+    pub tunnel: Tunnel,
+    pub api: SocketAddr,
+    pub api_log: ApiLog,
+    pub api_stop: CancellationToken,
+    pub bore: BoreHost,
+}
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+pub async fn migrated_database() -> TestDatabase {
+    let db = lookit_testkit::fresh_database().await;
+    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
+    sqlx::migrate::Migrator::new(migrations)
+        .await
+        .unwrap()
+        .run(&db.pool().await)
+        .await
+        .unwrap();
+    db
+}
+
+pub fn fast_guardian() -> GuardianSettings {
+    GuardianSettings {
+        probe_interval: Duration::from_secs(3600),
+        probe_timeout: Duration::from_secs(10),
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+    }
+}
+
+impl World {
+    pub async fn new(inspector: InspectorSettings) -> World {
+        install_crypto();
+        let db = migrated_database().await;
+        let (api, api_log, api_stop) = start_api().await;
+        let bore = BoreHost::start().await;
+        let target = ApiTarget::new(format!("http://{api}").parse().unwrap(), None).unwrap();
+        let tunnel = Tunnel::new(db.pool().await, target, inspector).unwrap();
+        World {
+            _db: db,
+            tunnel,
+            api,
+            api_log,
+            api_stop,
+            bore,
+        }
+    }
+
+    pub fn bore_settings(&self) -> TunnelSettings {
+        TunnelSettings {
+            provider: ProviderSettings::Bore {
+                server: self.bore.control.to_string().parse().unwrap(),
+                secret: None,
+            },
+            guardian: fast_guardian(),
+        }
+    }
+
+    /// Starts sharing through the bore server; returns the public URL.
+    pub async fn share(&self) -> String {
+        let status = self
+            .tunnel
+            .start(self.bore_settings(), "ada@lab.example")
+            .await
+            .unwrap();
+        status.public_url.expect("an open tunnel has a public URL")
+    }
+}
+
+/// Waits (with a generous deadline) until the status satisfies `condition`.
+pub async fn wait_for_status(
+    rx: &mut watch::Receiver<TunnelStatus>,
+    what: &str,
+    condition: impl FnMut(&TunnelStatus) -> bool,
+) -> TunnelStatus {
+    tokio::time::timeout(Duration::from_secs(60), rx.wait_for(condition))
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for the tunnel to be {what}"))
+        .expect("the status channel is open")
+        .clone()
+}
