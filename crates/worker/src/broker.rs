@@ -34,8 +34,8 @@ use crate::WorkerEvent;
 /// Persistent messages survive a broker restart (the queues are durable too).
 const PERSISTENT: u8 = 2;
 
-/// Opens a connection whose I/O runs on the current tokio runtime.
-pub(crate) async fn connect(url: &SecretString) -> Result<Connection, lapin::Error> {
+/// Opens a broker connection whose I/O runs on the current tokio runtime.
+pub async fn connect(url: &SecretString) -> Result<Connection, lapin::Error> {
     let properties = ConnectionProperties::default()
         .with_connection_name("lookit-worker".into())
         .with_executor(tokio_executor_trait::Tokio::current())

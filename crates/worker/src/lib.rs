@@ -29,7 +29,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use broker::{declare_queues, Publisher};
+pub use broker::{connect as connect_broker, declare_queues, Publisher};
 pub use build::{BuildStage, BUILD_NOTIFY_CHANNEL};
 pub use email::EmailOutcome;
 pub use settings::{BuildEnvironment, QueueLimits, StorageTarget, WorkerSettings};

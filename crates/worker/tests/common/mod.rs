@@ -1,0 +1,231 @@
+//! Fixtures shared by the worker's integration tests: a migrated database, a vhost with the
+//! queues, a study with an admin, and a folder frameplayer.
+#![allow(dead_code)] // each test binary uses its own part of these fixtures
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lookit_contracts::{BuildJob, EmailJob, Queue, MIGRATOR};
+use lookit_testkit::{TestDatabase, TestVhost};
+use lookit_worker::{Publisher, WorkerEvent, WorkerSettings};
+use secrecy::SecretString;
+use sqlx::PgPool;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const BUILDER_IMAGE: &str = "lookit-test/builder:latest";
+
+pub struct Fixture {
+    pub db: TestDatabase,
+    pub vhost: TestVhost,
+    pub pool: PgPool,
+    pub dir: tempfile::TempDir,
+    pub study_id: Uuid,
+    pub admin_email: String,
+}
+
+pub async fn fixture() -> Fixture {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let db = lookit_testkit::fresh_database().await;
+    let pool = db.pool().await;
+    MIGRATOR.run(&pool).await.expect("migrate");
+    let vhost = lookit_testkit::fresh_vhost().await;
+    let connection = connect(&vhost).await;
+    let channel = connection.create_channel().await.unwrap();
+    lookit_worker::declare_queues(&channel)
+        .await
+        .expect("declare queues");
+    let _ = connection.close(200, "done").await;
+    let (study_id, admin_email) = seed_study(&pool).await;
+    Fixture {
+        db,
+        vhost,
+        pool,
+        dir: tempfile::tempdir().unwrap(),
+        study_id,
+        admin_email,
+    }
+}
+
+pub async fn connect(vhost: &TestVhost) -> lapin::Connection {
+    lookit_worker::connect_broker(&SecretString::from(vhost.amqp_url().to_string()))
+        .await
+        .expect("connect to the test vhost")
+}
+
+async fn seed_study(pool: &PgPool) -> (Uuid, String) {
+    let (user, lab, study) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let email = format!("admin-{}@example.org", user.simple());
+    sqlx::query("INSERT INTO users (id, username, is_researcher) VALUES ($1, $2, true)")
+        .bind(user)
+        .bind(&email)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO labs (id, name) VALUES ($1, 'Test lab')")
+        .bind(lab)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO studies (id, name, lab_id, creator_id) VALUES ($1, 'Peekaboo', $2, $3)",
+    )
+    .bind(study)
+    .bind(lab)
+    .bind(user)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO study_admins (study_id, user_id) VALUES ($1, $2)")
+        .bind(study)
+        .bind(user)
+        .execute(pool)
+        .await
+        .unwrap();
+    (study, email)
+}
+
+impl Fixture {
+    pub fn builds_dir(&self) -> PathBuf {
+        self.dir.path().join("builds")
+    }
+
+    pub fn settings(&self) -> WorkerSettings {
+        let mut settings = WorkerSettings::new(
+            SecretString::from(self.vhost.amqp_url().to_string()),
+            BUILDER_IMAGE.to_string(),
+            self.builds_dir(),
+        );
+        settings.retry_backoff_base = Duration::from_millis(50);
+        settings.max_attempts = 3;
+        settings.build_time_limit = Duration::from_secs(120);
+        settings
+    }
+
+    /// A frameplayer folder with the given files.
+    pub fn player(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(dir.join("app")).unwrap();
+        std::fs::write(dir.join("app/app.js"), format!("// player {name}")).unwrap();
+        for (file, contents) in files {
+            std::fs::write(dir.join(file), contents).unwrap();
+        }
+        dir
+    }
+
+    /// What the API does on a build request: a queued row, then a job on `builds`.
+    pub async fn request_build(&self, publisher: &Publisher, player: &Path) -> Uuid {
+        let build_id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO builds (id, study_id, player_repo, player_ref) VALUES ($1, $2, $3, '')",
+        )
+        .bind(build_id)
+        .bind(self.study_id)
+        .bind(player.display().to_string())
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        let job = BuildJob {
+            job_id: Uuid::new_v4(),
+            build_id,
+        };
+        publisher.publish_job(Queue::Builds, &job).await.unwrap();
+        build_id
+    }
+
+    /// What the API does to send an email: an outbox row, then a job on `email`.
+    pub async fn queue_email(
+        &self,
+        publisher: &Publisher,
+        template: &str,
+        context: serde_json::Value,
+    ) -> Uuid {
+        let email_id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO emails (id, template, context, to_addresses) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(email_id)
+        .bind(template)
+        .bind(context)
+        .bind(vec![self.admin_email.clone()])
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        let job = EmailJob {
+            job_id: Uuid::new_v4(),
+            email_id,
+        };
+        publisher.publish_job(Queue::Email, &job).await.unwrap();
+        email_id
+    }
+
+    pub async fn build_status(&self, build_id: Uuid) -> String {
+        sqlx::query_scalar("SELECT status FROM builds WHERE id = $1")
+            .bind(build_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the build is over (no event reaches the test from another process, so the
+    /// row is polled, with a deadline).
+    pub async fn finished_build(&self, build_id: Uuid) -> String {
+        wait_until("the build finishes", Duration::from_secs(180), || async {
+            let status = self.build_status(build_id).await;
+            ["succeeded", "failed", "cancelled"]
+                .contains(&status.as_str())
+                .then_some(status)
+        })
+        .await
+    }
+}
+
+/// Polls `condition` until it gives a value or `limit` passes (then the test fails with `what`).
+pub async fn wait_until<T, F, Fut>(what: &str, limit: Duration, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = condition().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A worker running in this process.
+pub struct RunningWorker {
+    pub events: broadcast::Sender<WorkerEvent>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub fn start_worker(pool: &PgPool, settings: WorkerSettings) -> RunningWorker {
+    let (events, _) = broadcast::channel(4096);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(lookit_worker::run(
+        pool.clone(),
+        settings,
+        events.clone(),
+        shutdown.clone(),
+    ));
+    RunningWorker {
+        events,
+        shutdown,
+        task,
+    }
+}
+
+impl RunningWorker {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().expect("the worker stops cleanly");
+    }
+}

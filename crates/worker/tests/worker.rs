@@ -1,0 +1,388 @@
+//! The worker against real Postgres, RabbitMQ and Docker (test builder image
+//! `lookit-test/builder`, see tests/images/builder).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{connect, fixture, start_worker, wait_until};
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+use lookit_worker::{Publisher, WorkerEvent};
+
+async fn count(pool: &sqlx::PgPool, sql: &str, id: uuid::Uuid) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_build_request_ends_in_a_served_index_html_and_one_notice() {
+    let f = fixture().await;
+    let worker = start_worker(&f.pool, f.settings());
+    let mut events = worker.events.subscribe();
+    let connection = connect(&f.vhost).await;
+    let publisher = Publisher::open(&connection).await.unwrap();
+    let player = f.player("player", &[]);
+
+    let build_id = f.request_build(&publisher, &player).await;
+    assert_eq!(f.finished_build(build_id).await, "succeeded");
+
+    let (location, log, cache_hit): (String, String, bool) =
+        sqlx::query_as("SELECT output_location, log, cache_hit FROM builds WHERE id = $1")
+            .bind(build_id)
+            .fetch_one(&f.pool)
+            .await
+            .unwrap();
+    assert!(location.ends_with(&f.study_id.to_string()), "{location}");
+    let index =
+        std::fs::read_to_string(std::path::Path::new(&location).join("index.html")).unwrap();
+    assert!(
+        index.contains(&format!("/studies/{}/assets/frameplayer.js", f.study_id)),
+        "{index}"
+    );
+    assert!(std::path::Path::new(&location)
+        .join("assets/frameplayer.js")
+        .is_file());
+    assert!(
+        log.contains("build finished"),
+        "the builder's output is in the log: {log}"
+    );
+    assert!(!cache_hit);
+    // The dashboard saw the builder's lines live.
+    let mut saw_line = false;
+    while let Ok(event) = events.try_recv() {
+        if let WorkerEvent::BuildLog { line, .. } = event {
+            saw_line |= line.contains("build finished");
+        }
+    }
+    assert!(saw_line, "no live log line reached the subscribers");
+
+    let (to, status): (Vec<String>, String) = wait_until("the notice is kept", Duration::from_secs(30), || async {
+        sqlx::query_as::<_, (Vec<String>, String)>(
+            "SELECT to_addresses, status FROM emails WHERE build_id = $1 AND template = 'build_succeeded'",
+        )
+        .bind(build_id)
+        .fetch_optional(&f.pool)
+        .await
+        .unwrap()
+        .filter(|(_, status)| status == "kept")
+    })
+    .await;
+    assert_eq!((to, status.as_str()), (vec![f.admin_email.clone()], "kept"));
+    assert_eq!(
+        count(
+            &f.pool,
+            "SELECT count(*) FROM study_logs WHERE study_id = $1 AND action = 'deployed'",
+            f.study_id
+        )
+        .await,
+        1
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_builder_fails_the_build_with_its_stage_log_and_exactly_one_email() {
+    let f = fixture().await;
+    let worker = start_worker(&f.pool, f.settings());
+    let connection = connect(&f.vhost).await;
+    let publisher = Publisher::open(&connection).await.unwrap();
+    let player = f.player(
+        "broken",
+        &[("FAIL_BUILD", "Cannot find module 'ember-cli-babel'")],
+    );
+
+    let build_id = f.request_build(&publisher, &player).await;
+    assert_eq!(f.finished_build(build_id).await, "failed");
+    let (stage, error, log): (String, String, String) =
+        sqlx::query_as("SELECT stage, error, log FROM builds WHERE id = $1")
+            .bind(build_id)
+            .fetch_one(&f.pool)
+            .await
+            .unwrap();
+    assert_eq!(stage, "build");
+    assert!(error.contains("exited with code 1"), "{error}");
+    assert!(
+        log.contains("Cannot find module 'ember-cli-babel'"),
+        "{log}"
+    );
+
+    let body: String = wait_until(
+        "the failure notice is kept",
+        Duration::from_secs(30),
+        || async {
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT body_text FROM emails WHERE build_id = $1 AND status = 'kept'",
+            )
+            .bind(build_id)
+            .fetch_optional(&f.pool)
+            .await
+            .unwrap()
+            .flatten()
+        },
+    )
+    .await;
+    assert!(
+        body.contains("\"build\"") && body.contains("ember-cli-babel"),
+        "{body}"
+    );
+    assert_eq!(
+        count(
+            &f.pool,
+            "SELECT count(*) FROM emails WHERE build_id = $1",
+            build_id
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &f.pool,
+            "SELECT count(*) FROM study_logs WHERE study_id = $1 AND action = 'failed to build'",
+            f.study_id
+        )
+        .await,
+        1
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_build_with_the_same_key_is_a_cache_hit() {
+    let f = fixture().await;
+    let worker = start_worker(&f.pool, f.settings());
+    let connection = connect(&f.vhost).await;
+    let publisher = Publisher::open(&connection).await.unwrap();
+    let player = f.player("player", &[]);
+
+    let first = f.request_build(&publisher, &player).await;
+    assert_eq!(f.finished_build(first).await, "succeeded");
+    let second = f.request_build(&publisher, &player).await;
+    assert_eq!(f.finished_build(second).await, "succeeded");
+
+    let rows: Vec<(String, bool, String)> = sqlx::query_as(
+        "SELECT cache_key, cache_hit, log FROM builds WHERE id = ANY($1) ORDER BY created_at",
+    )
+    .bind(vec![first, second])
+    .fetch_all(&f.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows[0].0, rows[1].0,
+        "same commit, image and environment: same key"
+    );
+    assert!(
+        !rows[0].1 && rows[1].1,
+        "only the second build is a cache hit"
+    );
+    assert!(
+        !rows[1].2.contains("build finished"),
+        "the builder did not run again: {}",
+        rows[1].2
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_unparsable_message_lands_in_the_dead_letter_queue_with_its_reason() {
+    let f = fixture().await;
+    let worker = start_worker(&f.pool, f.settings());
+    let connection = connect(&f.vhost).await;
+    let channel = connection.create_channel().await.unwrap();
+    let mut dead = channel
+        .basic_consume(
+            "builds.dead",
+            "test",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "",
+            "builds",
+            BasicPublishOptions::default(),
+            b"{\"build\": 42}",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+
+    let message = tokio::time::timeout(Duration::from_secs(30), dead.next())
+        .await
+        .expect("a dead-lettered message")
+        .unwrap()
+        .unwrap();
+    assert_eq!(message.data, b"{\"build\": 42}");
+    let headers = message.properties.headers().clone().unwrap();
+    let reason = match headers.inner().get("x-lookit-reason") {
+        Some(AMQPValue::LongString(reason)) => reason.to_string(),
+        other => panic!("no reason header: {other:?}"),
+    };
+    assert!(reason.starts_with("unparsable message"), "{reason}");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_email_that_cannot_be_rendered_is_failed_and_dead_lettered_once() {
+    let f = fixture().await;
+    let worker = start_worker(&f.pool, f.settings());
+    let connection = connect(&f.vhost).await;
+    let publisher = Publisher::open(&connection).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut dead = channel
+        .basic_consume(
+            "email.dead",
+            "test",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let email_id = f
+        .queue_email(&publisher, "no_such_template", serde_json::json!({}))
+        .await;
+    let message = tokio::time::timeout(Duration::from_secs(30), dead.next())
+        .await
+        .expect("a dead-lettered message")
+        .unwrap()
+        .unwrap();
+    let headers = message.properties.headers().clone().unwrap();
+    let last_error = match headers.inner().get("x-lookit-last-error") {
+        Some(AMQPValue::LongString(error)) => error.to_string(),
+        other => panic!("no last-error header: {other:?}"),
+    };
+    assert!(
+        last_error.contains("unknown email template"),
+        "{last_error}"
+    );
+    let (status, error): (String, Option<String>) =
+        sqlx::query_as("SELECT status, error FROM emails WHERE id = $1")
+            .bind(email_id)
+            .fetch_one(&f.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "failed");
+    assert!(error.unwrap().contains("no_such_template"));
+    worker.stop().await;
+}
+
+/// A real SMTP server on loopback: aiosmtpd (PyPI), printing what it receives.
+struct SmtpServer {
+    port: u16,
+    child: tokio::process::Child,
+}
+
+impl SmtpServer {
+    async fn start() -> SmtpServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // scripts/test installs aiosmtpd in its own venv as lookit-test-python.
+        let python = which("lookit-test-python").unwrap_or_else(|| "python3".into());
+        let child = tokio::process::Command::new(python)
+            .args([
+                "-u",
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start aiosmtpd (pip install aiosmtpd)");
+        wait_until("aiosmtpd listens", Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        SmtpServer { port, child }
+    }
+
+    /// Reads what the server printed until `needle` appears.
+    async fn received(&mut self, needle: &str) -> String {
+        use tokio::io::AsyncReadExt;
+        let stdout = self.child.stdout.as_mut().unwrap();
+        let mut seen = String::new();
+        let mut buffer = [0u8; 4096];
+        let read = async {
+            while !seen.contains(needle) {
+                let n = stdout.read(&mut buffer).await.unwrap();
+                assert!(n > 0, "aiosmtpd ended; it printed: {seen}");
+                seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("the message reaches the SMTP server");
+        seen
+    }
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|path| path.is_file())
+    })
+}
+
+#[tokio::test]
+async fn email_reaches_a_real_smtp_server_and_the_outbox() {
+    let f = fixture().await;
+    let mut smtp = SmtpServer::start().await;
+    let mut settings = f.settings();
+    settings.smtp_url = Some(format!("smtp://127.0.0.1:{}", smtp.port).into());
+    let worker = start_worker(&f.pool, settings);
+    let connection = connect(&f.vhost).await;
+    let publisher = Publisher::open(&connection).await.unwrap();
+
+    let email_id = f
+        .queue_email(
+            &publisher,
+            "participant_message",
+            serde_json::json!({
+                "subject": "Thank you for taking part",
+                "body": "Your child's session is complete.",
+                "unsubscribe_url": "https://lookit.localhost/account/email/unsubscribe/abc",
+            }),
+        )
+        .await;
+    let printed = smtp.received("Your child's session is complete.").await;
+    assert!(
+        printed.contains("Subject: Thank you for taking part"),
+        "{printed}"
+    );
+    assert!(
+        printed
+            .contains("List-Unsubscribe: <https://lookit.localhost/account/email/unsubscribe/abc>"),
+        "{printed}"
+    );
+    assert!(printed.contains(&f.admin_email), "{printed}");
+
+    let status: String = wait_until("the outbox says sent", Duration::from_secs(30), || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT status FROM emails WHERE id = $1 AND sent_at IS NOT NULL",
+        )
+        .bind(email_id)
+        .fetch_optional(&f.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert_eq!(status, "sent");
+    worker.stop().await;
+}
