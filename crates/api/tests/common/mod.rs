@@ -2,6 +2,8 @@
 //! different kinds of user.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod broker;
+
 use std::net::SocketAddr;
 
 use lookit_api::{ApiSettings, ApiState};
@@ -302,4 +304,24 @@ pub async fn error_detail(response: reqwest::Response) -> (u16, String) {
         .to_string();
     assert_eq!(body["errors"][0]["status"], status.to_string());
     (status, detail)
+}
+
+/// Polls `condition` until it holds (there is no event to wait on), failing after a minute.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn published_jobs(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM job_outbox WHERE published_at IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
