@@ -75,6 +75,13 @@ struct Running {
     settings: GuardianSettings,
 }
 
+impl Drop for Running {
+    /// A tunnel dropped without `stop` must not stay public.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 impl Tunnel {
     /// `pool` must have the migrations applied (`0200_tunnel.sql`); `api` is where requests go.
     pub fn new(
@@ -206,9 +213,10 @@ impl Tunnel {
         let Some(running) = self.running.lock().await.take() else {
             return Ok(());
         };
+        let mut running = running;
         running.stop.cancel();
-        let _ = running.guardian.await;
-        let _ = running.proxy_server.await;
+        let _ = (&mut running.guardian).await;
+        let _ = (&mut running.proxy_server).await;
         self.inspector.set_session(None);
         self.status.send_replace(TunnelStatus::default());
         self.store.end_session(running.session_id).await?;

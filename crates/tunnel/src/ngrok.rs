@@ -153,3 +153,23 @@ fn connect_error(e: ngrok::session::ConnectError, server: &str) -> TunnelError {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_plan_domains_warn_about_the_browser_page() {
+        let provider =
+            NgrokProvider::new(Some(SecretString::from("token")), None, None).expect("a token");
+        let free = Url::parse("https://abcd-1-2-3-4.ngrok-free.app/").unwrap();
+        let notice = provider.notice(&free).expect("a notice on the free plan");
+        assert!(notice.contains("warning page"), "{notice}");
+        assert!(
+            notice.contains("webhooks (Pipe, the Lambda) are not affected"),
+            "{notice}"
+        );
+        let reserved = Url::parse("https://lab.ngrok.app/").unwrap();
+        assert_eq!(provider.notice(&reserved), None);
+    }
+}

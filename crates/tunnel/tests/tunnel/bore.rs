@@ -310,3 +310,54 @@ async fn a_bore_server_with_a_secret_refuses_a_client_without_one() {
     assert_eq!(seen["answered_by"], "api");
     stop.cancel();
 }
+
+#[tokio::test]
+async fn an_https_api_signed_by_the_local_ca_is_reached_through_the_tunnel() {
+    crate::common::install_crypto();
+    let db = crate::common::migrated_database().await;
+    let (api, log, ca_pem) = crate::common::start_https_api().await;
+    let bore = crate::common::BoreHost::start().await;
+    let target =
+        lookit_tunnel::ApiTarget::new(format!("https://{api}").parse().unwrap(), Some(ca_pem))
+            .unwrap();
+    let tunnel =
+        lookit_tunnel::Tunnel::new(db.pool().await, target, InspectorSettings::default()).unwrap();
+    let settings = lookit_tunnel::TunnelSettings {
+        provider: lookit_tunnel::ProviderSettings::Bore {
+            server: bore.control.to_string().parse().unwrap(),
+            secret: None,
+        },
+        guardian: crate::common::fast_guardian(),
+    };
+    let status = tunnel.start(settings, "ada@lab.example").await.unwrap();
+    let public_url = status.public_url.unwrap();
+    let seen: Value = reqwest::get(format!("{public_url}exp/studies/"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["answered_by"], "api");
+    assert_eq!(log.requests().len(), 1);
+    assert!(tunnel.check().await.unwrap().all_ok());
+    let reached = log.requests().len();
+
+    // Without the CA the API's certificate is not trusted, and the check says so.
+    let untrusting = lookit_tunnel::Tunnel::new(
+        db.pool().await,
+        lookit_tunnel::ApiTarget::new(format!("https://{api}").parse().unwrap(), None).unwrap(),
+        InspectorSettings::default(),
+    )
+    .unwrap();
+    let settings = lookit_tunnel::TunnelSettings {
+        provider: lookit_tunnel::ProviderSettings::Bore {
+            server: bore.control.to_string().parse().unwrap(),
+            secret: None,
+        },
+        guardian: crate::common::fast_guardian(),
+    };
+    untrusting.start(settings, "ada@lab.example").await.unwrap();
+    let check = untrusting.check().await.unwrap();
+    assert!(matches!(check.api, HopResult::Failed(_)), "{check:?}");
+    assert_eq!(log.requests().len(), reached, "nothing reached the API");
+}

@@ -73,13 +73,43 @@ pub async fn serve(router: axum::Router) -> (SocketAddr, CancellationToken) {
     (addr, stop)
 }
 
+fn api_router(log: &ApiLog) -> axum::Router {
+    axum::Router::new()
+        .fallback(api_echo)
+        .with_state(log.clone())
+}
+
 pub async fn start_api() -> (SocketAddr, ApiLog, CancellationToken) {
     let log = ApiLog::default();
-    let router = axum::Router::new()
-        .fallback(api_echo)
-        .with_state(log.clone());
-    let (addr, stop) = serve(router).await;
+    let (addr, stop) = serve(api_router(&log)).await;
     (addr, log, stop)
+}
+
+/// The stand-in API over HTTPS with a certificate for 127.0.0.1 signed by a fresh CA, as the
+/// real API is served. Returns the CA certificate (PEM) too; the server runs until the test ends.
+pub async fn start_https_api() -> (SocketAddr, ApiLog, Vec<u8>) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem(
+        cert.pem().into_bytes(),
+        key.serialize_pem().into_bytes(),
+    )
+    .await
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = ApiLog::default();
+    let server = axum_server::from_tcp_rustls(listener, config).unwrap();
+    let app = api_router(&log).into_make_service();
+    tokio::spawn(async move { server.serve(app).await.unwrap() });
+    (addr, log, ca.pem().into_bytes())
 }
 
 /// A bore server whose control port can be taken down and brought back.
