@@ -1,0 +1,121 @@
+//! The native backend on the Debian binaries: private Postgres and RabbitMQ instances.
+
+mod common;
+
+use common::*;
+use lookit_config::Backend;
+use lookit_stack::StepOutcome;
+use lookit_status::ServiceState;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_cold_start_provisions_and_keeps_data_across_restarts() {
+    let test = test_home(Backend::Native);
+    let (stack, mut received) = test.start().await;
+    let events = drain(&mut received);
+    assert_eq!(
+        step_outcome(&events, "postgres", "initdb"),
+        Some(StepOutcome::Done)
+    );
+    assert_eq!(
+        step_outcome(&events, "postgres", "database"),
+        Some(StepOutcome::Done)
+    );
+    assert_eq!(
+        step_outcome(&events, "rabbitmq", "guest user"),
+        Some(StepOutcome::Unchanged)
+    );
+    assert!(stack
+        .services()
+        .iter()
+        .all(|s| s.state == ServiceState::Ready && s.backend == "native" && s.address.is_some()));
+
+    let connections = stack.connections();
+    assert_password_required(&connections).await;
+    assert_broker_provisioned(&connections).await;
+    assert_depth_stream_sees_a_message(&stack).await;
+    write_row(&connections).await;
+    stack.shutdown().await.unwrap();
+    assert!(lookit_stack::inspect(&test.home, &test.config)
+        .await
+        .iter()
+        .all(|s| s.state == ServiceState::Stopped));
+
+    let (stack, mut received) = test.start().await;
+    let events = drain(&mut received);
+    assert_eq!(
+        step_outcome(&events, "postgres", "initdb"),
+        Some(StepOutcome::Unchanged)
+    );
+    let connections = stack.connections();
+    assert_eq!(read_row(&connections).await, "written before the restart");
+    // The message published before the restart is persistent: still queued.
+    let mut depths = stack.queue_depths();
+    depths
+        .wait_for(|queues| queues.iter().any(|q| q.name == "email" && q.ready == 1))
+        .await
+        .unwrap();
+    stack.shutdown().await.unwrap();
+    lookit_stack::purge(&test.home, &test.config).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_killed_service_is_restarted_and_a_taken_port_is_replaced() {
+    let mut test = test_home(Backend::Native);
+    let holder = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let taken = holder.local_addr().unwrap().port();
+    test.config.postgres.port.0 = taken;
+    let (stack, mut received) = test.start().await;
+
+    let connections = stack.connections();
+    assert_ne!(connections.postgres.port, taken);
+    let postgres_status = stack
+        .services()
+        .into_iter()
+        .find(|s| s.name == "postgres")
+        .unwrap();
+    assert!(postgres_status
+        .message
+        .unwrap_or_default()
+        .contains(&format!("port {taken} is taken")));
+    drain(&mut received);
+
+    let pid = stack
+        .process_id("postgres")
+        .expect("native postgres has a pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let message = wait_for_state(&mut received, "postgres", ServiceState::Failed).await;
+    assert!(message.unwrap_or_default().contains("restarting"));
+    wait_for_state(&mut received, "postgres", ServiceState::Ready).await;
+    let status = stack
+        .services()
+        .into_iter()
+        .find(|s| s.name == "postgres")
+        .unwrap();
+    assert_eq!(status.restarts, 1);
+    assert_ne!(stack.process_id("postgres"), Some(pid));
+    assert_password_required(&stack.connections()).await;
+
+    // A user stop is not undone by the supervisor; a start brings it back.
+    stack.stop_service("rabbitmq").await.unwrap();
+    let status = stack
+        .services()
+        .into_iter()
+        .find(|s| s.name == "rabbitmq")
+        .unwrap();
+    assert_eq!(status.state, ServiceState::Stopped);
+    assert!(lapin::Connection::connect(
+        secrecy::ExposeSecret::expose_secret(&stack.connections().rabbitmq.amqp_url()),
+        lapin::ConnectionProperties::default()
+    )
+    .await
+    .is_err());
+    stack.start_service("rabbitmq").await.unwrap();
+    assert_broker_provisioned(&stack.connections()).await;
+
+    stack.shutdown().await.unwrap();
+    lookit_stack::purge(&test.home, &test.config).await.unwrap();
+}
