@@ -292,6 +292,10 @@ impl BoreServer {
         control.send(ServerMessage::Hello(port)).await?;
         info!(port, "bore tunnel opened for a client");
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        let mut issued = IssuedConnections {
+            server: Arc::clone(self),
+            ids: Vec::new(),
+        };
         loop {
             tokio::select! {
                 _ = heartbeat.tick() => control.send(ServerMessage::Heartbeat).await?,
@@ -299,6 +303,7 @@ impl BoreServer {
                     let (public, _) = accepted?;
                     let id = Uuid::new_v4();
                     self.unclaimed().insert(id, public);
+                    issued.ids.push(id);
                     let this = Arc::clone(self);
                     tokio::spawn(async move {
                         tokio::time::sleep(UNCLAIMED_CONNECTION_TIMEOUT).await;
@@ -307,6 +312,23 @@ impl BoreServer {
                     control.send(ServerMessage::Connection(id)).await?;
                 }
             }
+        }
+    }
+}
+
+/// The public connections one tunnel announced. When the tunnel ends (client gone, server
+/// shutting down) the ones nobody claimed are closed at once, so callers get an error right away
+/// rather than after the unclaimed-connection timeout.
+struct IssuedConnections {
+    server: Arc<BoreServer>,
+    ids: Vec<Uuid>,
+}
+
+impl Drop for IssuedConnections {
+    fn drop(&mut self) {
+        let mut unclaimed = self.server.unclaimed();
+        for id in &self.ids {
+            unclaimed.remove(id);
         }
     }
 }
