@@ -13,6 +13,7 @@ mod build;
 mod cleanup;
 mod container;
 mod email;
+mod follow;
 mod ledger;
 mod settings;
 mod source;
@@ -32,6 +33,7 @@ use uuid::Uuid;
 pub use broker::{connect as connect_broker, declare_queues, Publisher};
 pub use build::{BuildStage, BUILD_NOTIFY_CHANNEL};
 pub use email::EmailOutcome;
+pub use follow::{follow_build, BuildOutcome};
 pub use settings::{BuildEnvironment, QueueLimits, StorageTarget, WorkerSettings};
 pub use source::{PlayerSource, DEFAULT_PLAYER_BRANCH, DEFAULT_PLAYER_REPOSITORY};
 

@@ -98,7 +98,18 @@ async fn a_failing_builder_fails_the_build_with_its_stage_log_and_exactly_one_em
     );
 
     let build_id = f.request_build(&publisher, &player).await;
-    assert_eq!(f.finished_build(build_id).await, "failed");
+    // What `lookit-local build --wait` shows: the log as it grows, then the end.
+    let mut followed = Vec::new();
+    let outcome =
+        lookit_worker::follow_build(&f.pool, build_id, |line| followed.push(line.to_string()))
+            .await
+            .unwrap();
+    assert_eq!(outcome.status, lookit_contracts::BuildStatus::Failed);
+    assert_eq!(outcome.stage.as_deref(), Some("build"));
+    assert!(
+        followed.iter().any(|l| l.contains("Cannot find module")),
+        "{followed:?}"
+    );
     let (stage, error, log): (String, String, String) =
         sqlx::query_as("SELECT stage, error, log FROM builds WHERE id = $1")
             .bind(build_id)
