@@ -55,7 +55,18 @@ async fn native_cold_start_provisions_and_keeps_data_across_restarts() {
         .await
         .unwrap();
     stack.shutdown().await.unwrap();
+
+    // Each server's own output is captured, and no password is in it.
+    for service in ["postgres", "rabbitmq"] {
+        let log =
+            std::fs::read_to_string(test.home.logs_dir().join(format!("{service}.log"))).unwrap();
+        assert!(!log.is_empty(), "{service}.log is empty");
+        for secret in test.secrets.all_values() {
+            assert!(!log.contains(secret), "{service}.log contains a password");
+        }
+    }
     lookit_stack::purge(&test.home, &test.config).await.unwrap();
+    assert!(!test.home.services_dir().join("postgres").exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]
