@@ -19,6 +19,7 @@ pub struct Config {
     pub panel: PanelConfig,
     pub builds: BuildsConfig,
     pub email: EmailConfig,
+    pub tunnel: TunnelConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -192,6 +193,48 @@ impl Default for EmailConfig {
         Self {
             smtp_url: None,
             from_address: "Lookit Local <lookit@localhost>".into(),
+        }
+    }
+}
+
+/// Which service makes the API reachable from the internet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelProviderChoice {
+    /// ngrok's cloud; needs an authtoken (`NGROK_AUTHTOKEN` or `ngrok_authtoken` in secrets.toml).
+    #[default]
+    Ngrok,
+    /// A bore tunnel server the lab runs itself (`tunnel.server`).
+    Bore,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TunnelConfig {
+    pub provider: TunnelProviderChoice,
+    /// The bore server, `host[:port]` (port 7835 by default); required for `bore`.
+    pub server: Option<String>,
+    /// A reserved ngrok domain such as `lab.ngrok.app`; a random one otherwise.
+    pub ngrok_domain: Option<String>,
+    /// Keep request bodies (up to `body_cap_bytes`) and non-credential headers in the inspector.
+    pub capture: bool,
+    pub body_cap_bytes: usize,
+    /// How many recent requests the inspector keeps.
+    pub keep_requests: u32,
+    /// How often the guardian sends a probe through the public URL.
+    pub probe_interval_secs: u64,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        Self {
+            provider: TunnelProviderChoice::Ngrok,
+            server: None,
+            ngrok_domain: None,
+            capture: false,
+            body_cap_bytes: 64 * 1024,
+            keep_requests: 1000,
+            probe_interval_secs: 60,
         }
     }
 }

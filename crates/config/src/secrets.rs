@@ -34,6 +34,10 @@ pub struct Secrets {
     pub session_key: SecretString,
     pub pipe_webhook_key: SecretString,
     pub lambda_secret: SecretString,
+    /// The user's ngrok authtoken, when they put it in the file (never generated).
+    pub ngrok_authtoken: Option<SecretString>,
+    /// The shared secret of the lab's bore tunnel server, when it has one (never generated).
+    pub bore_secret: Option<SecretString>,
 }
 
 /// On-disk form. Missing fields are generated, so older files gain new secrets on upgrade.
@@ -45,6 +49,8 @@ struct SecretsFile {
     session_key: Option<String>,
     pipe_webhook_key: Option<String>,
     lambda_secret: Option<String>,
+    ngrok_authtoken: Option<String>,
+    bore_secret: Option<String>,
 }
 
 /// A random token of `len` letters and digits (~5.95 bits each), from the OS generator.
@@ -76,12 +82,19 @@ impl Secrets {
             }
             SecretString::from(slot.clone().expect("filled above"))
         };
+        let given = |slot: &Option<String>| {
+            slot.as_deref()
+                .filter(|value| !value.is_empty())
+                .map(|value| SecretString::from(value.to_string()))
+        };
         let secrets = Secrets {
             postgres_password: fill(&mut file.postgres_password),
             rabbitmq_password: fill(&mut file.rabbitmq_password),
             session_key: fill(&mut file.session_key),
             pipe_webhook_key: fill(&mut file.pipe_webhook_key),
             lambda_secret: fill(&mut file.lambda_secret),
+            ngrok_authtoken: given(&file.ngrok_authtoken),
+            bore_secret: given(&file.bore_secret),
         };
         if changed {
             write_private(path, &toml::to_string(&file).expect("plain strings serialize"))?;
@@ -89,7 +102,7 @@ impl Secrets {
         Ok(secrets)
     }
 
-    /// Every secret value, for checks that no log or output ever contains one.
+    /// Every generated secret value, for checks that no log or output ever contains one.
     pub fn all_values(&self) -> [&str; 5] {
         [
             self.postgres_password.expose_secret(),
