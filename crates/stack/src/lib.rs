@@ -82,7 +82,12 @@ impl Stack {
         secrets: &Secrets,
         events: broadcast::Sender<StackEvent>,
     ) -> Result<Stack, StackError> {
-        let backend = resolve_backend(config, &events).await?;
+        let engine = resolve_backend(config, &events).await?;
+        let backend = match engine {
+            Engine::Docker(_) => Backend::Docker,
+            Engine::Native => Backend::Native,
+            Engine::External => Backend::External,
+        };
         let connections = initial_connections(config, secrets, backend)?;
         let shared = Arc::new(Shared::new(backend, connections));
 
@@ -96,15 +101,15 @@ impl Stack {
                 ServiceKind::Postgres => secrets.postgres_password.clone(),
                 ServiceKind::Rabbitmq => secrets.rabbitmq_password.clone(),
             };
-            let launcher = match backend {
-                Backend::Docker => Launcher::Docker(docker::DockerServer::new(
-                    docker::connect(config).await?,
+            let launcher = match &engine {
+                Engine::Docker(docker) => Launcher::Docker(docker::DockerServer::new(
+                    docker.clone(),
                     home,
                     config,
                     kind,
                     &password,
                 )),
-                Backend::Native => Launcher::Native(
+                Engine::Native => Launcher::Native(
                     native::NativeServer::new(home, config, kind, password, &reporter).map_err(
                         |source| StackError::Start {
                             service: kind.name().into(),
@@ -112,7 +117,7 @@ impl Stack {
                         },
                     )?,
                 ),
-                Backend::External | Backend::Auto => Launcher::External,
+                Engine::External => Launcher::External,
             };
             services.push(Service::new(kind, launcher, reporter, shared.clone()));
         }
@@ -228,17 +233,25 @@ impl Stack {
     }
 }
 
+/// What runs the services, once `auto` is decided.
+enum Engine {
+    Docker(bollard::Docker),
+    Native,
+    External,
+}
+
 /// `auto` becomes Docker when an engine answers, native otherwise.
 async fn resolve_backend(
     config: &Config,
     events: &broadcast::Sender<StackEvent>,
-) -> Result<Backend, StackError> {
+) -> Result<Engine, StackError> {
     let reporter = Reporter {
         service: "docker",
         events: events.clone(),
     };
     let docker = match config.stack.backend {
-        Backend::Native | Backend::External => return Ok(config.stack.backend),
+        Backend::Native => return Ok(Engine::Native),
+        Backend::External => return Ok(Engine::External),
         Backend::Docker => docker::connect(config).await?,
         Backend::Auto => match docker::connect(config).await {
             Ok(docker) => docker,
@@ -248,7 +261,7 @@ async fn resolve_backend(
                     StepOutcome::Skipped,
                     format!("{error}; using the native backend"),
                 );
-                return Ok(Backend::Native);
+                return Ok(Engine::Native);
             }
         },
     };
@@ -271,7 +284,7 @@ async fn resolve_backend(
         _ => StepOutcome::Failed,
     };
     reporter.step("disk space", outcome, check.detail);
-    Ok(Backend::Docker)
+    Ok(Engine::Docker(docker))
 }
 
 /// The connection settings before any service started: ports are the wanted ones until a

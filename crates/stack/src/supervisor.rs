@@ -325,15 +325,29 @@ pub(crate) async fn supervise(
             let _ = reply.send(Ok(()));
         }
 
-        tokio::select! {
-            reason = running.exited() => {
+        // Watch the instance until it ends by itself or a command (other than a start of this
+        // already running service) ends it.
+        let command = loop {
+            tokio::select! {
+                reason = running.exited() => break Err(reason),
+                command = commands.recv() => match command {
+                    Some(Command::Start(reply)) => { let _ = reply.send(Ok(())); }
+                    other => break Ok(other),
+                },
+            }
+        };
+        match command {
+            Err(reason) => {
                 if ready_since.elapsed() > CALM_PERIOD {
                     backoff = FIRST_BACKOFF;
                 }
                 service.restarts += 1;
                 service.set_state(
                     ServiceState::Failed,
-                    Some(format!("stopped unexpectedly ({reason}); restarting in {}s", backoff.as_secs())),
+                    Some(format!(
+                        "stopped unexpectedly ({reason}); restarting in {}s",
+                        backoff.as_secs()
+                    )),
                 );
                 match wait_out_backoff(&mut commands, &mut backoff).await {
                     AfterBackoff::Retry(reply) => waiting.extend(reply),
@@ -354,24 +368,21 @@ pub(crate) async fn supervise(
                     }
                 }
             }
-            command = commands.recv() => {
+            Ok(command) => {
                 let stopped = stop(&service, &mut running).await;
                 match command {
-                    Some(Command::Start(reply)) => {
-                        // Already running: it was stopped above only to keep one code path.
-                        waiting.push(reply);
-                        if let Err(error) = stopped {
-                            tracing::warn!(service = kind.name(), "{error}");
-                        }
-                    }
                     Some(Command::Restart(reply)) => match stopped {
                         Ok(()) => waiting.push(reply),
-                        Err(error) => { let _ = reply.send(Err(error)); }
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
                     },
                     Some(Command::Stop(reply)) => {
                         let failed = stopped.is_err();
                         let _ = reply.send(stopped);
-                        if failed { continue; }
+                        if failed {
+                            continue;
+                        }
                         match wait_for_start(&mut commands).await {
                             Some(reply) => waiting.push(reply),
                             None => return,
@@ -381,7 +392,8 @@ pub(crate) async fn supervise(
                         let _ = reply.send(stopped);
                         return;
                     }
-                    None => return,
+                    // Handled in the watch loop above; the stack is gone otherwise.
+                    Some(Command::Start(_)) | None => return,
                 }
             }
         }

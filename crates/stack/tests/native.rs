@@ -110,6 +110,11 @@ async fn native_killed_service_is_restarted_and_a_taken_port_is_replaced() {
     assert_ne!(stack.process_id("postgres"), Some(pid));
     assert_password_required(&stack.connections()).await;
 
+    // Starting a running service changes nothing.
+    let running_pid = stack.process_id("postgres");
+    stack.start_service("postgres").await.unwrap();
+    assert_eq!(stack.process_id("postgres"), running_pid);
+
     // A user stop is not undone by the supervisor; a start brings it back.
     stack.stop_service("rabbitmq").await.unwrap();
     let status = stack
