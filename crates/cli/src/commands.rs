@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+use lookit_config::Secrets;
 use lookit_config::{Config, Home};
-use lookit_control::{InstanceRecord, PanelClient};
+use lookit_control::{InstanceRecord, PanelClient, ServiceAddresses};
+use lookit_status::StatusReport;
+use secrecy::{ExposeSecret, SecretString};
 
-use crate::{Command, ConfigAction, Outcome};
+use crate::{AdminAction, CertsAction, Command, ConfigAction, DemoAction, Outcome, TunnelAction};
 
 pub async fn run(command: Command, home: Home, config: Config) -> anyhow::Result<Outcome> {
     match command {
@@ -32,12 +35,18 @@ pub async fn run(command: Command, home: Home, config: Config) -> anyhow::Result
             lines,
         } => logs(&home, &service, follow, lines).await,
         Command::Config { action } => config_command(&home, &config, action),
-        Command::Tunnel { .. } => not_built("tunnel", 6),
-        Command::Admin { .. } => not_built("admin create-researcher", 4),
-        Command::Demo { .. } => not_built("demo seed", 4),
-        Command::Worker => not_built("worker", 5),
+        Command::Tunnel { action } => tunnel(&home, action).await,
+        Command::Admin {
+            action: AdminAction::CreateResearcher { email },
+        } => create_researcher(&home, &config, &email).await,
+        Command::Demo {
+            action: DemoAction::Seed { json },
+        } => demo_seed(&home, &config, json).await,
+        Command::Worker => worker(home, config).await,
         Command::Build { .. } => not_built("build", 5),
-        Command::Certs { .. } => not_built("certs trust", 4),
+        Command::Certs {
+            action: CertsAction::Trust,
+        } => certs_trust(&home),
     }
 }
 
@@ -205,4 +214,171 @@ async fn follow_file(path: &Path, mut file: std::fs::File) -> anyhow::Result<()>
             std::io::stdout().flush()?;
         }
     }
+}
+
+/// The panel of the running instance, or a clear error saying how to start one.
+fn running_instance(home: &Home) -> anyhow::Result<PanelClient> {
+    match InstanceRecord::read_live(&home.instance_file())? {
+        Some(record) => Ok(PanelClient::new(&record)),
+        None => bail!(
+            "Lookit Local is not running for {}; start it with `lookit-local up`",
+            home.data_dir().display()
+        ),
+    }
+}
+
+async fn tunnel(home: &Home, action: TunnelAction) -> anyhow::Result<Outcome> {
+    let panel = running_instance(home)?;
+    match action {
+        TunnelAction::Start { provider, server } => {
+            let body = serde_json::json!({ "provider": provider, "server": server });
+            let _: serde_json::Value = panel.post("/api/tunnel/start", &body).await?;
+            let report: StatusReport = panel.get("/api/status").await?;
+            match &report.tunnel.public_url {
+                Some(url) => {
+                    println!("Sharing at {url}");
+                    println!(
+                        "Pipe webhook URL: {}/exp/renamevideo/",
+                        url.trim_end_matches('/')
+                    );
+                }
+                None => println!("Tunnel: {:?}", report.tunnel.state),
+            }
+        }
+        TunnelAction::Stop => {
+            let _: serde_json::Value = panel
+                .post("/api/tunnel/stop", &serde_json::json!({}))
+                .await?;
+            println!("Sharing stopped.");
+        }
+        TunnelAction::Status { json } => {
+            let report: StatusReport = panel.get("/api/status").await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "tunnel": report.tunnel }))?
+                );
+            } else {
+                println!(
+                    "{:?}{}",
+                    report.tunnel.state,
+                    report
+                        .tunnel
+                        .public_url
+                        .map(|u| format!(" at {u}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+async fn database(home: &Home, config: &Config) -> anyhow::Result<sqlx::PgPool> {
+    let secrets = Secrets::load_or_generate(&home.secrets_file())?;
+    ServiceAddresses::of(home, config, &secrets)
+        .await?
+        .database()
+        .await
+}
+
+async fn create_researcher(home: &Home, config: &Config, email: &str) -> anyhow::Result<Outcome> {
+    // A password piped on stdin is used; in a terminal, one is generated and shown once.
+    let password = if std::io::stdin().is_terminal() {
+        None
+    } else {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        let text = text.trim_end_matches(['\r', '\n']).to_string();
+        (!text.is_empty()).then(|| SecretString::from(text))
+    };
+    let pool = database(home, config).await?;
+    let created = lookit_api::admin::create_researcher(&pool, "local", email, password).await?;
+    println!("Researcher {email} created (id {}).", created.id);
+    if let Some(password) = &created.generated_password {
+        println!("Password (shown once): {}", password.expose_secret());
+    }
+    println!("\nScan this with an authenticator app, then log in to activate it:\n");
+    println!(
+        "{}",
+        lookit_api::admin::render_qr_terminal(&created.otpauth_uri)?
+    );
+    println!("{}", created.otpauth_uri);
+    Ok(Outcome::Done)
+}
+
+async fn demo_seed(home: &Home, config: &Config, json: bool) -> anyhow::Result<Outcome> {
+    let pool = database(home, config).await?;
+    let ids = lookit_api::demo::seed(&pool).await?;
+    let value = serde_json::to_value(&ids)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else if let Some(fields) = value.as_object() {
+        println!("Demo data created:");
+        for (name, id) in fields {
+            println!(
+                "  {name:<12} {}",
+                id.as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| id.to_string())
+            );
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+/// A worker of its own, for labs that run several on several machines against one broker.
+async fn worker(home: Home, config: Config) -> anyhow::Result<Outcome> {
+    let _log = lookit_control::telemetry::init(&config.log, &home.logs_dir(), "worker")?;
+    let secrets = Secrets::load_or_generate(&home.secrets_file())?;
+    let addresses = ServiceAddresses::of(&home, &config, &secrets).await?;
+    let pool = addresses.database().await?;
+    let mut settings = lookit_worker::WorkerSettings::new(
+        addresses.broker_url(),
+        config.builds.builder_image.to_string(),
+        home.builds_dir(),
+    );
+    settings.build_time_limit = Duration::from_secs(config.builds.time_limit_secs);
+    settings.max_attempts = config.builds.max_attempts;
+    settings.from_address = config.email.from_address.clone();
+    settings.smtp_url = config
+        .email
+        .smtp_url
+        .as_ref()
+        .map(|u| SecretString::from(u.to_string()));
+    let (events, _) = tokio::sync::broadcast::channel(1024);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match terminate.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        stop.cancel();
+    });
+    println!("Worker consuming builds, email and cleanup (Ctrl-C to stop).");
+    lookit_worker::run(pool, settings, events, shutdown).await?;
+    Ok(Outcome::Done)
+}
+
+fn certs_trust(home: &Home) -> anyhow::Result<Outcome> {
+    let ca = lookit_api::tls::LocalCa::load_or_create(&home.certs_dir())?;
+    let report = ca.trust();
+    for done in &report.done {
+        println!("done: {done}");
+    }
+    if report.commands.is_empty() {
+        println!(
+            "The local CA ({}) is trusted.",
+            ca.ca_certificate_path().display()
+        );
+        return Ok(Outcome::Done);
+    }
+    println!("Run these to finish trusting the local CA:");
+    for command in &report.commands {
+        println!("  {command}");
+    }
+    Ok(Outcome::Problems)
 }

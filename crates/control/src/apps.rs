@@ -14,9 +14,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use lookit_api::{tls::LocalCa, ApiSettings, ApiState, PublicUrl};
-use lookit_panel::{ActionError, NotificationLevel, PanelEvent, ServiceAction};
+use lookit_config::{Secrets, TunnelConfig, TunnelProviderChoice};
+use lookit_panel::{ActionError, InspectedRequest, NotificationLevel, PanelEvent, ServiceAction};
 use lookit_stack::Connections;
-use lookit_status::{Endpoint, ServiceState, ServiceStatus, StatusReport};
+use lookit_status::{Endpoint, ServiceState, ServiceStatus, StatusReport, TunnelState};
+use lookit_tunnel::{
+    ApiTarget, GuardianSettings, InspectorSettings, ProviderSettings, Tunnel, TunnelSettings,
+};
 use lookit_worker::{WorkerEvent, WorkerSettings};
 
 use crate::control_plane::InstanceCore;
@@ -28,7 +32,7 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) struct Apps {
     api_url: String,
     api_address: String,
-    public_url: PublicUrl,
+    tunnel: std::sync::Arc<Tunnel>,
     started_at: chrono::DateTime<chrono::Utc>,
     stop: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
@@ -79,9 +83,30 @@ impl Apps {
             cookie_secure: true,
         };
         let state = ApiState::new(pool.clone(), settings);
-        let public_url = state.public_url();
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
+
+        // The tunnel forwards to the API and nothing else; 127.0.0.1 is in the certificate.
+        let api_target = ApiTarget::new(
+            url::Url::parse(&format!("https://127.0.0.1:{}", address.port()))?,
+            Some(ca.ca_pem().as_bytes().to_vec()),
+        )?;
+        let tunnel_config = &core.config.tunnel;
+        let tunnel = std::sync::Arc::new(Tunnel::new(
+            pool.clone(),
+            api_target,
+            InspectorSettings {
+                capture: tunnel_config.capture,
+                body_cap_bytes: tunnel_config.body_cap_bytes,
+                keep_requests: tunnel_config.keep_requests,
+            },
+        )?);
+        tokio::spawn(follow_tunnel(
+            tunnel.subscribe(),
+            state.public_url(),
+            core.config.api.public_url.clone(),
+            core.events().clone(),
+        ));
 
         let api_stop = stop.clone();
         tasks.push((
@@ -142,7 +167,7 @@ impl Apps {
         Ok(Apps {
             api_url,
             api_address: address.to_string(),
-            public_url,
+            tunnel,
             started_at: chrono::Utc::now(),
             stop,
             tasks,
@@ -152,10 +177,89 @@ impl Apps {
         })
     }
 
-    /// Where the tunnel tells the API its public URL.
-    #[allow(dead_code)]
-    pub(crate) fn public_url(&self) -> &PublicUrl {
-        &self.public_url
+    /// Opens the public tunnel with the configured provider, as the user running the instance.
+    pub(crate) async fn tunnel_start(
+        &self,
+        config: &TunnelConfig,
+        secrets: &Secrets,
+    ) -> Result<(), ActionError> {
+        let provider = match config.provider {
+            TunnelProviderChoice::Ngrok => ProviderSettings::Ngrok {
+                authtoken: secrets
+                    .ngrok_authtoken
+                    .clone()
+                    .or_else(lookit_tunnel::ngrok_authtoken_from_env),
+                domain: config.ngrok_domain.clone(),
+                server: None,
+            },
+            TunnelProviderChoice::Bore => ProviderSettings::Bore {
+                server: config
+                    .server
+                    .as_deref()
+                    .ok_or_else(|| {
+                        ActionError::Failed(
+                            "the bore provider needs the lab's tunnel server: set `tunnel.server = \"host[:port]\"`".into(),
+                        )
+                    })?
+                    .parse()
+                    .map_err(|e: lookit_tunnel::TunnelError| ActionError::Failed(e.to_string()))?,
+                secret: secrets.bore_secret.clone(),
+            },
+        };
+        let settings = TunnelSettings {
+            provider,
+            guardian: GuardianSettings {
+                probe_interval: Duration::from_secs(config.probe_interval_secs.max(1)),
+                ..GuardianSettings::default()
+            },
+        };
+        self.tunnel
+            .start(settings, &user_name())
+            .await
+            .map(|_| ())
+            .map_err(|e| ActionError::Failed(e.to_string()))
+    }
+
+    pub(crate) async fn tunnel_stop(&self) -> Result<(), ActionError> {
+        self.tunnel
+            .stop()
+            .await
+            .map_err(|e| ActionError::Failed(e.to_string()))
+    }
+
+    /// The inspector's most recent requests, newest first.
+    pub(crate) async fn tunnel_requests(&self) -> Result<Vec<InspectedRequest>, ActionError> {
+        let recent = self
+            .tunnel
+            .inspector()
+            .recent(200)
+            .await
+            .map_err(|e| ActionError::Failed(e.to_string()))?;
+        Ok(recent
+            .into_iter()
+            .map(|r| InspectedRequest {
+                id: r.id,
+                received_at: r.received_at,
+                method: r.method,
+                path: r.target,
+                status: r.status,
+                duration_ms: u64::try_from(r.duration_ms).ok(),
+            })
+            .collect())
+    }
+
+    pub(crate) async fn replay_request(&self, id: i64) -> Result<(), ActionError> {
+        self.tunnel
+            .inspector()
+            .replay(id)
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                lookit_tunnel::TunnelError::UnknownRequest(id) => {
+                    ActionError::NotFound(format!("recorded request {id}"))
+                }
+                other => ActionError::Conflict(other.to_string()),
+            })
     }
 
     /// Adds the API and worker to `report`; true when the end-to-end check passed: the API
@@ -166,6 +270,7 @@ impl Apps {
         report.api = Endpoint {
             url: Some(self.api_url.clone()),
         };
+        report.tunnel = self.tunnel.status();
         report.services.push(ServiceStatus {
             name: "api".into(),
             state: match (api_running, api_healthy) {
@@ -254,6 +359,9 @@ impl Apps {
     }
 
     pub(crate) async fn shutdown(self) {
+        if let Err(e) = self.tunnel.stop().await {
+            tracing::warn!("tunnel did not close cleanly: {e}");
+        }
         self.stop.cancel();
         for (name, task) in self.tasks {
             match tokio::time::timeout(Duration::from_secs(30), task).await {
@@ -312,5 +420,80 @@ async fn forward_worker_events(
             }
             other => tracing::debug!(?other, "worker event"),
         }
+    }
+}
+
+/// Who started a sharing session, for the audit trail.
+fn user_name() -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|user| user.name)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Keeps the API's public URL equal to the tunnel's (Pipe signs over the URL it called) and tells
+/// the user when the tunnel opens, drops or changes its URL. A configured `api.public_url` wins.
+async fn follow_tunnel(
+    mut status: tokio::sync::watch::Receiver<lookit_status::TunnelStatus>,
+    public_url: PublicUrl,
+    configured: Option<url::Url>,
+    panel: broadcast::Sender<PanelEvent>,
+) {
+    let mut last_url: Option<String> = None;
+    let mut last_state = TunnelState::Off;
+    while status.changed().await.is_ok() {
+        let current = status.borrow_and_update().clone();
+        let url = current
+            .public_url
+            .clone()
+            .filter(|_| current.state == TunnelState::Open);
+        if configured.is_none() {
+            public_url.set(url.as_deref().and_then(|u| url::Url::parse(u).ok()));
+        }
+        let notice = match (last_state, current.state) {
+            (_, TunnelState::Open) if url != last_url => Some((
+                NotificationLevel::Success,
+                if last_url.is_some() {
+                    "The public URL changed"
+                } else {
+                    "Sharing is on"
+                },
+                format!(
+                    "{} — Pipe webhook: {}",
+                    url.as_deref().unwrap_or_default(),
+                    url.as_deref()
+                        .and_then(|u| url::Url::parse(u).ok())
+                        .map(|u| lookit_tunnel::pipe_webhook_url(&u))
+                        .unwrap_or_default()
+                ),
+            )),
+            (TunnelState::Open, TunnelState::Reconnecting) => Some((
+                NotificationLevel::Warning,
+                "The tunnel dropped",
+                current
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "reconnecting".into()),
+            )),
+            (previous, TunnelState::Failed) if previous != TunnelState::Failed => Some((
+                NotificationLevel::Error,
+                "The tunnel failed",
+                current.message.clone().unwrap_or_default(),
+            )),
+            _ => None,
+        };
+        if let Some((level, title, body)) = notice {
+            let _ = panel.send(PanelEvent::Notification {
+                level,
+                title: title.into(),
+                body,
+            });
+        }
+        if current.state == TunnelState::Open {
+            last_url = url;
+        }
+        last_state = current.state;
     }
 }

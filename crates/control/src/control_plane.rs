@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use lookit_config::{Config, Home, Secrets};
 use lookit_panel::{
-    ActionError, ControlPlane, DoctorCheck, NotificationLevel, PanelEvent, ServiceAction,
-    ServiceName, StackAction,
+    ActionError, ControlPlane, DoctorCheck, InspectedRequest, NotificationLevel, PanelEvent,
+    ServiceAction, ServiceName, StackAction, TunnelAction,
 };
 use lookit_stack::{Stack, StackError, StackEvent, StepOutcome};
 use lookit_status::{Endpoint, ServiceState, ServiceStatus, StatusReport};
@@ -358,6 +358,34 @@ impl ControlPlane for InstanceCore {
 
     async fn shutdown(&self) {
         self.stop.cancel();
+    }
+
+    async fn tunnel_action(&self, action: TunnelAction) -> Result<(), ActionError> {
+        let guard = self.apps.read().await;
+        let apps = guard.as_ref().ok_or_else(|| {
+            ActionError::Conflict("the API is not running yet; start the stack first".into())
+        })?;
+        let result = match action {
+            TunnelAction::Start => apps.tunnel_start(&self.config.tunnel, &self.secrets).await,
+            TunnelAction::Stop => apps.tunnel_stop().await,
+        };
+        drop(guard);
+        self.refresh().await;
+        result
+    }
+
+    async fn tunnel_requests(&self) -> Result<Vec<InspectedRequest>, ActionError> {
+        match &*self.apps.read().await {
+            Some(apps) => apps.tunnel_requests().await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn replay_request(&self, id: i64) -> Result<(), ActionError> {
+        match &*self.apps.read().await {
+            Some(apps) => apps.replay_request(id).await,
+            None => Err(ActionError::Conflict("the API is not running".into())),
+        }
     }
 
     async fn doctor(&self) -> Result<Vec<DoctorCheck>, ActionError> {

@@ -17,7 +17,7 @@ mod panel_client;
 mod render;
 pub mod telemetry;
 
-pub use commands::{lookit_env, purge, status, wait_for_exit};
+pub use commands::{lookit_env, purge, status, wait_for_exit, ServiceAddresses};
 pub use instance::{run_foreground, Instance, InstanceOptions};
 pub use instance_record::{InstanceRecord, RecordGuard};
 pub use panel_client::PanelClient;

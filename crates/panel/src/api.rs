@@ -184,7 +184,7 @@ async fn tunnel_requests(
 
 async fn replay_request(
     State(state): State<ApiState>,
-    id: Result<Path<Uuid>, PathRejection>,
+    id: Result<Path<i64>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let id = path_part(id, "request id")?;
     state.control.replay_request(id).await?;

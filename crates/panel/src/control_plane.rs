@@ -48,7 +48,7 @@ pub trait ControlPlane: Send + Sync + 'static {
     }
 
     /// Sends a recorded request to the API again.
-    async fn replay_request(&self, _id: Uuid) -> Result<(), ActionError> {
+    async fn replay_request(&self, _id: i64) -> Result<(), ActionError> {
         Err(ActionError::NotAvailable("the tunnel inspector".into()))
     }
 
@@ -242,7 +242,7 @@ pub struct DeadLetter {
 /// A request that came in through the tunnel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InspectedRequest {
-    pub id: Uuid,
+    pub id: i64,
     pub received_at: DateTime<Utc>,
     pub method: String,
     pub path: String,

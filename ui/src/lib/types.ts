@@ -73,7 +73,7 @@ export interface DeadLetter {
 }
 
 export interface InspectedRequest {
-  id: string;
+  id: number;
   received_at: string;
   method: string;
   path: string;

@@ -1,0 +1,238 @@
+//! The `lookit-local` binary as users run it: a bad config stops every command with the key, file
+//! and line; `config` shows no secrets; `doctor` says what to run; and a whole `up` → `status` →
+//! `env` → `down` cycle on the native backend (real Postgres and RabbitMQ).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::CommandCargoExt;
+
+fn lookit(home: &Path) -> Command {
+    let mut command = Command::cargo_bin("lookit-local").expect("binary built");
+    command
+        .env("LOOKIT_LOCAL_HOME", home)
+        .env_remove("RUST_LOG")
+        // Ports of their own, so this test never meets another instance or the test services.
+        .env("LOOKIT_LOCAL__STACK__BACKEND", "native")
+        .env("LOOKIT_LOCAL__POSTGRES__PORT", "0")
+        .env("LOOKIT_LOCAL__RABBITMQ__PORT", "0")
+        .env("LOOKIT_LOCAL__RABBITMQ__MANAGEMENT_PORT", "0")
+        .env("LOOKIT_LOCAL__API__PORT", "0");
+    command
+}
+
+fn output(command: &mut Command) -> (bool, String, String) {
+    let out = command.output().expect("run lookit-local");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_bad_config_stops_every_command_with_key_file_and_line() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("config.toml");
+    std::fs::write(&file, "[api]\nport = 8000\n\n[postgres]\nport = \"five\"\n").unwrap();
+    for args in [
+        &["status"][..],
+        &["doctor"],
+        &["env"],
+        &["config", "check"],
+        &["config", "show"],
+        &["up", "--headless"],
+        &["down"],
+    ] {
+        let (ok, _, stderr) = output(lookit(home.path()).args(args));
+        assert!(!ok, "`{}` accepted a bad config", args.join(" "));
+        assert!(
+            stderr.contains(&file.display().to_string())
+                && stderr.contains("line 5")
+                && stderr.contains("`postgres.port`"),
+            "`{}` did not name the file, line and key: {stderr}",
+            args.join(" ")
+        );
+    }
+    std::fs::write(&file, "[api]\nport = 8000\nhost = \"0.0.0.0\"\n").unwrap();
+    let (ok, _, stderr) = output(lookit(home.path()).args(["status"]));
+    assert!(!ok);
+    assert!(
+        stderr.contains("`api.host`") && stderr.contains("line 3"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_show_has_every_section_and_no_generated_secret() {
+    let home = tempfile::tempdir().unwrap();
+    // Generating the secrets first proves `config show` does not print them.
+    let (ok, _, stderr) = output(lookit(home.path()).args(["env"]));
+    assert!(ok, "{stderr}");
+    let secrets = std::fs::read_to_string(home.path().join("secrets.toml")).unwrap();
+    let (ok, shown, _) = output(lookit(home.path()).args(["config", "show"]));
+    assert!(ok);
+    for section in [
+        "[stack]",
+        "[postgres]",
+        "[rabbitmq]",
+        "[api]",
+        "[panel]",
+        "[builds]",
+    ] {
+        assert!(shown.contains(section), "missing {section} in:\n{shown}");
+    }
+    for line in secrets.lines() {
+        let value = line.split('"').nth(1).unwrap();
+        assert!(!shown.contains(value), "config show printed a secret");
+    }
+    let (ok, path, _) = output(lookit(home.path()).args(["config", "path"]));
+    assert!(ok);
+    assert_eq!(
+        path.trim(),
+        home.path().join("config.toml").display().to_string()
+    );
+}
+
+#[test]
+fn doctor_names_the_command_that_fixes_an_unreachable_docker_engine() {
+    let home = tempfile::tempdir().unwrap();
+    let (ok, stdout, _) = output(
+        lookit(home.path())
+            .env("LOOKIT_LOCAL__STACK__BACKEND", "docker")
+            .env(
+                "LOOKIT_LOCAL__DOCKER__HOST",
+                "unix:///nonexistent/docker.sock",
+            )
+            .args(["doctor"]),
+    );
+    assert!(!ok, "doctor must fail when the chosen backend cannot work");
+    assert!(stdout.contains("FAIL"), "{stdout}");
+    assert!(stdout.to_lowercase().contains("docker"), "{stdout}");
+    assert!(stdout.contains("fix: "), "no fix command in:\n{stdout}");
+}
+
+/// Kills the instance if the test fails half-way, so no server outlives the test.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = nix_kill(self.0.id());
+        let _ = self.0.wait();
+    }
+}
+
+fn nix_kill(pid: u32) -> std::io::Result<()> {
+    Command::new("kill")
+        .arg(pid.to_string())
+        .status()
+        .map(|_| ())
+}
+
+/// Waits for a line starting with `wanted` on the instance's stdout (read by a thread, so a
+/// silent instance ends the wait at the deadline instead of hanging the test).
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, wanted: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.starts_with(wanted) => return line,
+            Ok(_) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no `{wanted}` line within 240 s")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the instance exited before printing `{wanted}`")
+            }
+        }
+    }
+}
+
+#[test]
+fn up_status_env_and_down_on_the_native_backend() {
+    let home = tempfile::tempdir().unwrap();
+    let mut child = lookit(home.path())
+        .args(["up", "--headless"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let dashboard = wait_for_line(&lines, "Dashboard: http://127.0.0.1:");
+    assert!(dashboard.contains("/#token="), "{dashboard}");
+    wait_for_line(&lines, "Stack ready");
+
+    let (ok, json, stderr) = output(lookit(home.path()).args(["status", "--json"]));
+    assert!(ok, "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(status["ready"], true, "{json}");
+    let names: Vec<&str> = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    for wanted in ["postgres", "rabbitmq", "api", "worker"] {
+        assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
+    }
+    for queue in ["builds", "email", "cleanup"] {
+        let q = status["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == queue)
+            .unwrap_or_else(|| panic!("queue {queue} missing: {json}"));
+        assert!(
+            q["consumers"].as_u64().unwrap() >= 1,
+            "nobody consumes {queue}: {json}"
+        );
+    }
+    assert!(status["api"]["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://localhost:"));
+    assert_eq!(status["tunnel"]["state"], "off");
+
+    // `env` gives the real (possibly moved) ports, and they accept the provisioned role.
+    let (ok, env, _) = output(lookit(home.path()).args(["env"]));
+    assert!(ok);
+    let postgres = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "postgres")
+        .unwrap();
+    let port = postgres["address"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap();
+    assert!(env.contains(&format!("DB_PORT={port}\n")), "{env}");
+    assert!(env.contains("DB_NAME=lookit\n") && env.contains("RABBITMQ_USERNAME=lookit-admin\n"));
+    assert!(env.contains("BROKER_URL=amqp://lookit-admin:"), "{env}");
+
+    let (ok, _, stderr) = output(lookit(home.path()).args(["down"]));
+    assert!(ok, "{stderr}");
+    assert!(
+        !home.path().join("instance.json").exists(),
+        "the instance record must go with the instance"
+    );
+    let (ok, json, _) = output(lookit(home.path()).args(["status", "--json"]));
+    assert!(ok);
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(status["running"], false);
+    assert_eq!(status["ready"], false);
+    drop(running);
+}
