@@ -181,6 +181,11 @@ impl DockerServer {
             } else if same_image && !published.is_empty() && published.iter().all(|p| is_free(*p)) {
                 self.port = published.first().copied();
                 self.management_port = published.get(1).copied();
+                reporter.step(
+                    "container",
+                    StepOutcome::Unchanged,
+                    format!("starting the existing container {}", self.name),
+                );
                 adopt = true;
             } else {
                 // Another image or its ports are taken now: recreate it; the volume keeps the data.
