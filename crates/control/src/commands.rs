@@ -28,14 +28,26 @@ pub async fn status(home: &Home, config: &Config) -> anyhow::Result<StatusReport
 pub async fn wait_for_exit(pid: u32, limit: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
     let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
-    // No portable exit notification exists for a process that is not our child: poll.
-    while nix::sys::signal::kill(pid, None).is_ok() {
+    // No portable exit notification exists for a process that is not our child: poll. A zombie
+    // has exited; only its parent has not collected it yet.
+    while nix::sys::signal::kill(pid, None).is_ok() && !is_zombie(pid) {
         if tokio::time::Instant::now() >= deadline {
             bail!("the instance (pid {pid}) is still stopping after {limit:?}; see `lookit-local logs app`");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
+}
+
+fn is_zombie(pid: nix::unistd::Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name, which is in parentheses and may hold spaces.
+            let after_name = stat.rsplit_once(')')?.1;
+            after_name.split_whitespace().next().map(|state| state == "Z")
+        })
+        .unwrap_or(false)
 }
 
 /// `down --purge`: deletes the services' data. Refuses while an instance runs.
