@@ -40,16 +40,10 @@ pub(crate) async fn probe(conn: &PostgresConnection) -> anyhow::Result<()> {
 }
 
 /// Idempotent provisioning; each step is reported with its outcome.
-pub(crate) fn provision<'a>(
-    conn: &'a PostgresConnection,
-    reporter: &'a Reporter,
-) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
-    // Boxed as a `Send` future here: sqlx's executor bounds otherwise defeat the compiler's
-    // proof that the supervisor task is `Send`.
-    Box::pin(provision_steps(conn, reporter))
-}
-
-async fn provision_steps(conn: &PostgresConnection, reporter: &Reporter) -> anyhow::Result<()> {
+pub(crate) async fn provision(
+    conn: &PostgresConnection,
+    reporter: &Reporter,
+) -> anyhow::Result<()> {
     let mut db = connect(conn, "postgres").await?;
     let superuser: bool =
         sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")

@@ -50,10 +50,13 @@ async fn native_cold_start_provisions_and_keeps_data_across_restarts() {
     assert_eq!(read_row(&connections).await, "written before the restart");
     // The message published before the restart is persistent: still queued.
     let mut depths = stack.queue_depths();
-    depths
-        .wait_for(|queues| queues.iter().any(|q| q.name == "email" && q.ready == 1))
-        .await
-        .unwrap();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        depths.wait_for(|queues| queues.iter().any(|q| q.name == "email" && q.ready == 1)),
+    )
+    .await
+    .expect("the persistent message is still queued after the restart")
+    .unwrap();
     stack.shutdown().await.unwrap();
 
     // Each server's own output is captured, and no password is in it.
