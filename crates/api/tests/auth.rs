@@ -13,9 +13,17 @@ async fn participants_log_in_with_password_only() {
     assert_eq!(status, 200);
     assert_eq!(body["second_factor"], "not_required");
     let cookie = headers["set-cookie"].to_str().unwrap();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
     let session = session.unwrap();
-    let me: serde_json::Value = app.get(&session, "/api/auth/me/").await.json().await.unwrap();
+    let me: serde_json::Value = app
+        .get(&session, "/api/auth/me/")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(me["username"], user.username.as_str());
     // Participants do not reach researcher routes.
     let (status, detail) = error_detail(app.get(&session, "/api/researcher/studies/").await).await;
@@ -43,14 +51,23 @@ async fn researchers_need_the_code_and_wrong_or_reused_codes_fail() {
     assert_eq!(status, 401);
     assert!(detail.contains("authenticator code"), "{detail}");
 
-    let wrong = if user.code() == "000000" { "111111" } else { "000000" };
-    let (status, detail) =
-        error_detail(app.post(&session, "/api/auth/login/code/", json!({"code": wrong})).await).await;
+    let wrong = if user.code() == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    let (status, detail) = error_detail(
+        app.post(&session, "/api/auth/login/code/", json!({"code": wrong}))
+            .await,
+    )
+    .await;
     assert_eq!(status, 401);
     assert_eq!(detail, "wrong authenticator code");
 
     let code = user.code();
-    let response = app.post(&session, "/api/auth/login/code/", json!({"code": code})).await;
+    let response = app
+        .post(&session, "/api/auth/login/code/", json!({"code": code}))
+        .await;
     assert_eq!(response.status(), 204);
     let response = app.get(&session, "/api/researcher/studies/").await;
     assert_eq!(response.status(), 200);
@@ -58,8 +75,12 @@ async fn researchers_need_the_code_and_wrong_or_reused_codes_fail() {
     // A second login cannot replay the same code.
     let (_, _, second, _) = app.login(&user.username, PASSWORD).await;
     let (status, detail) = error_detail(
-        app.post(&second.unwrap(), "/api/auth/login/code/", json!({"code": code}))
-            .await,
+        app.post(
+            &second.unwrap(),
+            "/api/auth/login/code/",
+            json!({"code": code}),
+        )
+        .await,
     )
     .await;
     assert_eq!(status, 401);
@@ -82,16 +103,28 @@ async fn researchers_without_an_authenticator_are_sent_to_set_one_up() {
     assert_eq!(status, 403);
     assert!(detail.contains("/api/auth/totp/"), "{detail}");
 
-    let setup: serde_json::Value = app.get(&session, "/api/auth/totp/").await.json().await.unwrap();
+    let setup: serde_json::Value = app
+        .get(&session, "/api/auth/totp/")
+        .await
+        .json()
+        .await
+        .unwrap();
     let uri = setup["otpauth_uri"].as_str().unwrap();
     assert!(uri.starts_with("otpauth://totp/Lookit-test:"), "{uri}");
     assert!(uri.contains("issuer=Lookit-test"), "{uri}");
     let secret = setup["secret"].as_str().unwrap();
     assert_eq!(secret.len(), 32);
-    let code = lookit_api_totp(secret, &user.username).generate_current().unwrap();
-    let response = app.post(&session, "/api/auth/totp/activate/", json!({"code": code})).await;
+    let code = lookit_api_totp(secret, &user.username)
+        .generate_current()
+        .unwrap();
+    let response = app
+        .post(&session, "/api/auth/totp/activate/", json!({"code": code}))
+        .await;
     assert_eq!(response.status(), 204);
-    assert_eq!(app.get(&session, "/api/researcher/studies/").await.status(), 200);
+    assert_eq!(
+        app.get(&session, "/api/researcher/studies/").await.status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -108,7 +141,10 @@ async fn repeated_failures_lock_the_account_even_for_the_right_password() {
     assert_eq!(status, 429);
     assert!(session.is_none());
     assert!(headers.contains_key("retry-after"));
-    assert!(body["errors"][0]["detail"].as_str().unwrap().contains("too many failed login attempts"));
+    assert!(body["errors"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("too many failed login attempts"));
     // Other accounts are not affected.
     let other = app.user(false, false).await;
     assert_eq!(app.login(&other.username, PASSWORD).await.0, 200);
@@ -130,10 +166,19 @@ async fn cookie_writes_need_the_csrf_token_and_tokens_do_not() {
     let (status, detail) = error_detail(response).await;
     assert_eq!(status, 403);
     assert!(detail.contains("CSRF"), "{detail}");
-    assert_eq!(app.post(&session, "/api/researcher/studies/", body.clone()).await.status(), 201);
+    assert_eq!(
+        app.post(&session, "/api/researcher/studies/", body.clone())
+            .await
+            .status(),
+        201
+    );
 
-    let token: serde_json::Value =
-        app.post(&session, "/api/auth/tokens/", json!({})).await.json().await.unwrap();
+    let token: serde_json::Value = app
+        .post(&session, "/api/auth/tokens/", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
     let token = token["token"].as_str().unwrap();
     let response = app
         .client
@@ -151,7 +196,10 @@ async fn cookie_writes_need_the_csrf_token_and_tokens_do_not() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_detail(response).await, (401, "invalid token".to_string()));
+    assert_eq!(
+        error_detail(response).await,
+        (401, "invalid token".to_string())
+    );
 }
 
 #[tokio::test]
@@ -159,7 +207,12 @@ async fn logout_ends_the_session() {
     let app = spawn_app().await;
     let user = app.user(false, false).await;
     let session = app.session(&user).await;
-    assert_eq!(app.post(&session, "/api/auth/logout/", json!({})).await.status(), 204);
+    assert_eq!(
+        app.post(&session, "/api/auth/logout/", json!({}))
+            .await
+            .status(),
+        204
+    );
     assert_eq!(app.get(&session, "/api/auth/me/").await.status(), 401);
 }
 

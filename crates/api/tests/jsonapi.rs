@@ -41,7 +41,10 @@ async fn responses_are_json_api_resources_paged_by_ten_and_filtered() {
     assert!(Uuid::parse_str(first["id"].as_str().unwrap()).is_ok());
     assert!(first["attributes"]["pk"].is_i64());
     assert_eq!(first["attributes"]["recording_method"], "pipe");
-    assert_eq!(first["relationships"]["child"]["data"]["id"], child.to_string());
+    assert_eq!(
+        first["relationships"]["child"]["data"]["id"],
+        child.to_string()
+    );
     assert_eq!(first["relationships"]["study"]["data"]["type"], "studies");
 
     let page2 = body(app.get(&session, "/api/v1/responses/?page=2").await).await;
@@ -51,18 +54,41 @@ async fn responses_are_json_api_resources_paged_by_ten_and_filtered() {
     let (status, _) = error_detail(app.get(&session, "/api/v1/responses/?page=zero").await).await;
     assert_eq!(status, 400);
 
-    let filtered = body(app.get(&session, &format!("/api/v1/responses/?study={other_study}")).await).await;
+    let filtered = body(
+        app.get(&session, &format!("/api/v1/responses/?study={other_study}"))
+            .await,
+    )
+    .await;
     assert_eq!(filtered["data"].as_array().unwrap().len(), 1);
     assert_eq!(filtered["data"][0]["id"], elsewhere.to_string());
-    let by_child = body(app.get(&session, &format!("/api/v1/responses/?child={strangers_child}")).await).await;
+    let by_child = body(
+        app.get(
+            &session,
+            &format!("/api/v1/responses/?child={strangers_child}"),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(by_child["meta"]["pagination"]["count"], 0);
-    let (status, detail) = error_detail(app.get(&session, "/api/v1/responses/?child=abc").await).await;
+    let (status, detail) =
+        error_detail(app.get(&session, "/api/v1/responses/?child=abc").await).await;
     assert_eq!(status, 400);
     assert!(detail.contains("uuid"), "{detail}");
-    let (status, _) = error_detail(app.get(&session, &format!("/api/v1/responses/{hidden}/")).await).await;
+    let (status, _) = error_detail(
+        app.get(&session, &format!("/api/v1/responses/{hidden}/"))
+            .await,
+    )
+    .await;
     assert_eq!(status, 404);
 
-    let nested = body(app.get(&session, &format!("/api/v1/studies/{other_study}/responses/")).await).await;
+    let nested = body(
+        app.get(
+            &session,
+            &format!("/api/v1/studies/{other_study}/responses/"),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(nested["data"][0]["id"], elsewhere.to_string());
 }
 
@@ -82,7 +108,9 @@ async fn the_frameplayer_creates_and_patches_its_session() {
             "study": {"data": {"type": "studies", "id": study}},
         },
     }});
-    let response = app.post(&session, "/api/v1/responses/", create.clone()).await;
+    let response = app
+        .post(&session, "/api/v1/responses/", create.clone())
+        .await;
     assert_eq!(response.status(), 201);
     let created = body(response).await;
     let id = created["data"]["id"].as_str().unwrap().to_string();
@@ -94,31 +122,66 @@ async fn the_frameplayer_creates_and_patches_its_session() {
         "completed": true,
         "pk": 12345,
     }}});
-    let response = app.send(reqwest::Method::PATCH, &session, &format!("/api/v1/responses/{id}/"), patch).await;
+    let response = app
+        .send(
+            reqwest::Method::PATCH,
+            &session,
+            &format!("/api/v1/responses/{id}/"),
+            patch,
+        )
+        .await;
     assert_eq!(response.status(), 200);
     let patched = body(response).await;
-    assert_eq!(patched["data"]["attributes"]["sequence"], json!(["0-intro"]));
+    assert_eq!(
+        patched["data"]["attributes"]["sequence"],
+        json!(["0-intro"])
+    );
     assert_eq!(patched["data"]["attributes"]["completed"], true);
-    let stored: (Value, bool) = sqlx::query_as("SELECT exp_data, completed FROM responses WHERE id = $1")
-        .bind(Uuid::parse_str(&id).unwrap())
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let stored: (Value, bool) =
+        sqlx::query_as("SELECT exp_data, completed FROM responses WHERE id = $1")
+            .bind(Uuid::parse_str(&id).unwrap())
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(stored.0["0-intro"]["frameType"], "DEFAULT");
     assert!(stored.1);
 
     // Errors are JSON:API error objects saying what is wrong.
     let path = format!("/api/v1/responses/{id}/");
     let cases = [
-        (json!({"data": {"type": "studies", "id": id, "attributes": {}}}), 409, "data.type"),
-        (json!({"data": {"type": "responses", "id": Uuid::new_v4(), "attributes": {}}}), 409, "does not match"),
-        (json!({"data": {"type": "responses", "id": id, "attributes": {"colour": 1}}}), 400, "unknown attribute colour"),
-        (json!({"data": {"type": "responses", "id": id, "attributes": {"completed": "yes"}}}), 400, "true or false"),
-        (json!({"data": {"type": "responses", "id": id, "attributes": {"sequence": {}}}}), 400, "an array"),
+        (
+            json!({"data": {"type": "studies", "id": id, "attributes": {}}}),
+            409,
+            "data.type",
+        ),
+        (
+            json!({"data": {"type": "responses", "id": Uuid::new_v4(), "attributes": {}}}),
+            409,
+            "does not match",
+        ),
+        (
+            json!({"data": {"type": "responses", "id": id, "attributes": {"colour": 1}}}),
+            400,
+            "unknown attribute colour",
+        ),
+        (
+            json!({"data": {"type": "responses", "id": id, "attributes": {"completed": "yes"}}}),
+            400,
+            "true or false",
+        ),
+        (
+            json!({"data": {"type": "responses", "id": id, "attributes": {"sequence": {}}}}),
+            400,
+            "an array",
+        ),
         (json!({"nodata": true}), 400, "data"),
     ];
     for (document, status, needle) in cases {
-        let (got, detail) = error_detail(app.send(reqwest::Method::PATCH, &session, &path, document).await).await;
+        let (got, detail) = error_detail(
+            app.send(reqwest::Method::PATCH, &session, &path, document)
+                .await,
+        )
+        .await;
         assert_eq!(got, status, "{detail}");
         assert!(detail.contains(needle), "{detail} lacks {needle}");
     }
@@ -140,8 +203,12 @@ async fn the_frameplayer_creates_and_patches_its_session() {
     let theirs = app.child(stranger.id).await;
     let mut foreign = create.clone();
     foreign["data"]["relationships"]["child"]["data"]["id"] = json!(theirs);
-    let (status, detail) = error_detail(app.post(&session, "/api/v1/responses/", foreign).await).await;
-    assert_eq!((status, detail.as_str()), (400, "child: not one of your children"));
+    let (status, detail) =
+        error_detail(app.post(&session, "/api/v1/responses/", foreign).await).await;
+    assert_eq!(
+        (status, detail.as_str()),
+        (400, "child: not one of your children")
+    );
     let mut unknown = create;
     unknown["data"]["relationships"]["study"]["data"]["id"] = json!(Uuid::new_v4());
     let (status, _) = error_detail(app.post(&session, "/api/v1/responses/", unknown).await).await;
@@ -149,8 +216,13 @@ async fn the_frameplayer_creates_and_patches_its_session() {
     // A stranger cannot patch it.
     let stranger_session = app.session(&stranger).await;
     let (status, _) = error_detail(
-        app.send(reqwest::Method::PATCH, &stranger_session, &path,
-            json!({"data": {"type": "responses", "id": id, "attributes": {"completed": false}}})).await,
+        app.send(
+            reqwest::Method::PATCH,
+            &stranger_session,
+            &path,
+            json!({"data": {"type": "responses", "id": id, "attributes": {"completed": false}}}),
+        )
+        .await,
     )
     .await;
     assert_eq!(status, 404);
@@ -170,35 +242,71 @@ async fn read_only_resources_show_what_the_caller_may_see() {
     app.child(stranger.id).await;
 
     let studies = body(app.get(&session, "/api/v1/studies/").await).await;
-    let ids: Vec<&str> = studies["data"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = studies["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, [active.to_string()]);
-    assert_eq!(studies["data"][0]["relationships"]["lab"]["data"]["id"], approved.to_string());
+    assert_eq!(
+        studies["data"][0]["relationships"]["lab"]["data"]["id"],
+        approved.to_string()
+    );
     assert!(studies["data"][0]["attributes"]["structure"]["frames"].is_object());
-    let (status, _) = error_detail(app.get(&session, &format!("/api/v1/studies/{draft}/")).await).await;
+    let (status, _) = error_detail(
+        app.get(&session, &format!("/api/v1/studies/{draft}/"))
+            .await,
+    )
+    .await;
     assert_eq!(status, 404);
 
     let labs = body(app.get(&session, "/api/v1/labs/").await).await;
     assert_eq!(labs["meta"]["pagination"]["count"], 1);
     assert_eq!(labs["data"][0]["id"], approved.to_string());
-    let (status, _) = error_detail(app.get(&session, &format!("/api/v1/labs/{unapproved}/")).await).await;
+    let (status, _) = error_detail(
+        app.get(&session, &format!("/api/v1/labs/{unapproved}/"))
+            .await,
+    )
+    .await;
     assert_eq!(status, 404);
 
     let users = body(app.get(&session, "/api/v1/users/").await).await;
     assert_eq!(users["meta"]["pagination"]["count"], 1);
-    assert_eq!(users["data"][0]["attributes"]["username"], parent.username.as_str());
+    assert_eq!(
+        users["data"][0]["attributes"]["username"],
+        parent.username.as_str()
+    );
 
     let children = body(app.get(&session, "/api/v1/children/").await).await;
     assert_eq!(children["meta"]["pagination"]["count"], 1);
     assert_eq!(children["data"][0]["attributes"]["birthday"], "2023-01-01");
-    let mine = body(app.get(&session, &format!("/api/v1/users/{}/children/", parent.id)).await).await;
+    let mine = body(
+        app.get(&session, &format!("/api/v1/users/{}/children/", parent.id))
+            .await,
+    )
+    .await;
     assert_eq!(mine["data"][0]["id"], child.to_string());
-    let (status, _) = error_detail(app.get(&session, &format!("/api/v1/users/{}/children/", stranger.id)).await).await;
+    let (status, _) = error_detail(
+        app.get(
+            &session,
+            &format!("/api/v1/users/{}/children/", stranger.id),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(status, 404);
-    let (status, detail) = error_detail(app.get(&session, "/api/v1/children/not-a-uuid/").await).await;
+    let (status, detail) =
+        error_detail(app.get(&session, "/api/v1/children/not-a-uuid/").await).await;
     assert_eq!(status, 400, "{detail}");
 
     // Without a login: 401 with a JSON body.
-    let response = app.client.get(app.url("/api/v1/studies/")).send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url("/api/v1/studies/"))
+        .send()
+        .await
+        .unwrap();
     let (status, detail) = error_detail(response).await;
     assert_eq!(status, 401);
     assert!(detail.contains("authentication required"), "{detail}");

@@ -21,7 +21,11 @@ async fn studies_move_through_states_with_log_entries_and_review_emails() {
     app.make_staff(&reviewer).await;
 
     let created = app
-        .post(&session, "/api/researcher/studies/", json!({"name": "Baby physics", "lab_id": lab}))
+        .post(
+            &session,
+            "/api/researcher/studies/",
+            json!({"name": "Baby physics", "lab_id": lab}),
+        )
         .await;
     assert_eq!(created.status(), 201);
     let study = json_of(created).await;
@@ -30,13 +34,22 @@ async fn studies_move_through_states_with_log_entries_and_review_emails() {
     let id = study["id"].as_str().unwrap().to_string();
 
     let edited = app
-        .send(reqwest::Method::PATCH, &session, &format!("/api/researcher/studies/{id}/"),
-            json!({"structure": {"frames": {"a": {"kind": "exp-lookit-text"}}, "sequence": ["a"]}}))
+        .send(
+            reqwest::Method::PATCH,
+            &session,
+            &format!("/api/researcher/studies/{id}/"),
+            json!({"structure": {"frames": {"a": {"kind": "exp-lookit-text"}}, "sequence": ["a"]}}),
+        )
         .await;
     assert_eq!(edited.status(), 200);
     let (status, detail) = error_detail(
-        app.send(reqwest::Method::PATCH, &session, &format!("/api/researcher/studies/{id}/"),
-            json!({"structure": {"sequence": "a"}})).await,
+        app.send(
+            reqwest::Method::PATCH,
+            &session,
+            &format!("/api/researcher/studies/{id}/"),
+            json!({"structure": {"sequence": "a"}}),
+        )
+        .await,
     )
     .await;
     assert_eq!(status, 400);
@@ -51,7 +64,10 @@ async fn studies_move_through_states_with_log_entries_and_review_emails() {
     };
     let (status, detail) = error_detail(transition("active").await).await;
     assert_eq!(status, 409);
-    assert!(detail.contains("a created study cannot become active; allowed: submitted, archived"), "{detail}");
+    assert!(
+        detail.contains("a created study cannot become active; allowed: submitted, archived"),
+        "{detail}"
+    );
     let (status, _) = error_detail(transition("flying").await).await;
     assert_eq!(status, 400);
 
@@ -67,14 +83,21 @@ async fn studies_move_through_states_with_log_entries_and_review_emails() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(serde_json::from_value::<EmailJob>(job).unwrap().email_id, email_id);
+    assert_eq!(
+        serde_json::from_value::<EmailJob>(job).unwrap().email_id,
+        email_id
+    );
 
     // Only staff approve.
     let (status, _) = error_detail(transition("approved").await).await;
     assert_eq!(status, 403);
     let staff_session = app.session(&reviewer).await;
     let approved = app
-        .post(&staff_session, &format!("/api/researcher/studies/{id}/transition/"), json!({"to": "approved"}))
+        .post(
+            &staff_session,
+            &format!("/api/researcher/studies/{id}/transition/"),
+            json!({"to": "approved"}),
+        )
         .await;
     assert_eq!(approved.status(), 200);
     // Not built yet: activation is refused.
@@ -82,8 +105,17 @@ async fn studies_move_through_states_with_log_entries_and_review_emails() {
     assert_eq!(status, 409);
     assert!(detail.contains("not built"), "{detail}");
 
-    let logs = json_of(app.get(&session, &format!("/api/researcher/studies/{id}/logs/")).await).await;
-    let actions: Vec<&str> = logs.as_array().unwrap().iter().map(|l| l["action"].as_str().unwrap()).collect();
+    let logs = json_of(
+        app.get(&session, &format!("/api/researcher/studies/{id}/logs/"))
+            .await,
+    )
+    .await;
+    let actions: Vec<&str> = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["action"].as_str().unwrap())
+        .collect();
     assert_eq!(actions, ["created", "edited", "submitted", "approved"]);
     assert_eq!(logs[2]["user_id"], user.id.to_string());
     assert_eq!(logs[3]["extra"]["from"], "submitted");
@@ -96,16 +128,24 @@ async fn studies_move_through_states_with_log_entries_and_review_emails() {
 
     // Other labs' studies are invisible.
     let (_, stranger, _) = app.researcher().await;
-    let (status, _) = error_detail(app.get(&stranger, &format!("/api/researcher/studies/{id}/")).await).await;
+    let (status, _) = error_detail(
+        app.get(&stranger, &format!("/api/researcher/studies/{id}/"))
+            .await,
+    )
+    .await;
     assert_eq!(status, 404);
 }
 
 #[tokio::test]
 async fn a_build_request_reaches_the_builds_queue_and_a_second_one_is_refused() {
-    let vhost = lookit_testkit::fresh_vhost().await;
+    let vhost = vhost().await;
     let broker = declare_queues(vhost.amqp_url()).await;
     let mut builds = consumer(&broker, Queue::Builds).await;
-    let app = spawn_app_with(AppOptions { amqp_url: Some(vhost.amqp_url().into()), ..Default::default() }).await;
+    let app = spawn_app_with(AppOptions {
+        amqp_url: Some(vhost.amqp_url().into()),
+        ..Default::default()
+    })
+    .await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let relay = tokio::spawn(lookit_api::outbox::OutboxRelay::run(
         app.pool.clone(),
@@ -124,7 +164,13 @@ async fn a_build_request_reaches_the_builds_queue_and_a_second_one_is_refused() 
         .await
         .unwrap();
 
-    let response = app.post(&session, &format!("/api/researcher/studies/{study}/builds/"), json!({})).await;
+    let response = app
+        .post(
+            &session,
+            &format!("/api/researcher/studies/{study}/builds/"),
+            json!({}),
+        )
+        .await;
     assert_eq!(response.status(), 202);
     let build = json_of(response).await;
     assert_eq!(build["status"], "queued");
@@ -140,7 +186,12 @@ async fn a_build_request_reaches_the_builds_queue_and_a_second_one_is_refused() 
 
     // While it is queued, another request is refused with the reason.
     let (status, detail) = error_detail(
-        app.post(&session, &format!("/api/researcher/studies/{study}/builds/"), json!({})).await,
+        app.post(
+            &session,
+            &format!("/api/researcher/studies/{study}/builds/"),
+            json!({}),
+        )
+        .await,
     )
     .await;
     assert_eq!(status, 409);
@@ -154,15 +205,31 @@ async fn a_build_request_reaches_the_builds_queue_and_a_second_one_is_refused() 
         .execute(&app.pool)
         .await
         .unwrap();
-    let listed = json_of(app.get(&session, &format!("/api/researcher/studies/{study}/builds/")).await).await;
+    let listed = json_of(
+        app.get(
+            &session,
+            &format!("/api/researcher/studies/{study}/builds/"),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(listed[0]["stage"], "done");
     assert_eq!(listed[0]["log"], "ember build ok");
-    let one = json_of(app.get(&session, &format!("/api/researcher/builds/{build_id}/")).await).await;
+    let one = json_of(
+        app.get(&session, &format!("/api/researcher/builds/{build_id}/"))
+            .await,
+    )
+    .await;
     assert_eq!(one["status"], "succeeded");
 
     // Same study, same pinned player: already built. A changed study builds again.
     let (status, detail) = error_detail(
-        app.post(&session, &format!("/api/researcher/studies/{study}/builds/"), json!({})).await,
+        app.post(
+            &session,
+            &format!("/api/researcher/studies/{study}/builds/"),
+            json!({}),
+        )
+        .await,
     )
     .await;
     assert_eq!(status, 409);
@@ -172,13 +239,25 @@ async fn a_build_request_reaches_the_builds_queue_and_a_second_one_is_refused() 
             json!({"name": "Renamed", "structure": {"frames": {}, "sequence": []}, "metadata": {"last_known_player_sha": sha, "note": "changed"}}))
         .await;
     assert_eq!(edit.status(), 200);
-    let again = app.post(&session, &format!("/api/researcher/studies/{study}/builds/"), json!({})).await;
+    let again = app
+        .post(
+            &session,
+            &format!("/api/researcher/studies/{study}/builds/"),
+            json!({}),
+        )
+        .await;
     assert_eq!(again.status(), 202);
     let (_, _, _, body) = next_message(&mut builds).await;
-    assert_ne!(serde_json::from_value::<BuildJob>(body).unwrap().build_id, build_id);
+    assert_ne!(
+        serde_json::from_value::<BuildJob>(body).unwrap().build_id,
+        build_id
+    );
 
     // Marked sent once the broker confirmed (the message may arrive before the mark commits).
-    eventually("both jobs marked published", || async { published_jobs(&app.pool).await == 2 }).await;
+    eventually("both jobs marked published", || async {
+        published_jobs(&app.pool).await == 2
+    })
+    .await;
     let _ = stop.send(());
     relay.await.unwrap().unwrap();
 }
@@ -189,7 +268,11 @@ async fn built_study(app: &TestApp, lab: Uuid, state: &str) -> (Uuid, tempfile::
     let assets = output.path().join("assets");
     std::fs::create_dir(&assets).unwrap();
     std::fs::write(output.path().join("index.html"), "<html>study</html>").unwrap();
-    std::fs::write(assets.join("vendor-0123456789abcdef0123456789abcdef.js"), "var x;").unwrap();
+    std::fs::write(
+        assets.join("vendor-0123456789abcdef0123456789abcdef.js"),
+        "var x;",
+    )
+    .unwrap();
     std::fs::write(assets.join("app.css"), "body{}").unwrap();
     std::fs::write(assets.join("logo.png"), [0x89, b'P', b'N', b'G']).unwrap();
     sqlx::query("INSERT INTO builds (id, study_id, player_repo, player_ref, status, output_location, finished_at) VALUES ($1, $2, 'r', 'master', 'succeeded', $3, now())")
@@ -218,8 +301,16 @@ async fn built_studies_are_served_with_the_right_types_and_cache_headers() {
     assert_eq!(index.text().await.unwrap(), "<html>study</html>");
 
     let cases = [
-        ("assets/vendor-0123456789abcdef0123456789abcdef.js", "text/javascript; charset=utf-8", "public, max-age=31536000, immutable"),
-        ("assets/app.css", "text/css; charset=utf-8", "public, max-age=300"),
+        (
+            "assets/vendor-0123456789abcdef0123456789abcdef.js",
+            "text/javascript; charset=utf-8",
+            "public, max-age=31536000, immutable",
+        ),
+        (
+            "assets/app.css",
+            "text/css; charset=utf-8",
+            "public, max-age=300",
+        ),
         ("assets/logo.png", "image/png", "public, max-age=300"),
     ];
     for (path, content_type, cache) in cases {
@@ -228,13 +319,33 @@ async fn built_studies_are_served_with_the_right_types_and_cache_headers() {
         assert_eq!(response.headers()["content-type"], content_type, "{path}");
         assert_eq!(response.headers()["cache-control"], cache, "{path}");
     }
-    let (status, _) = error_detail(get(format!("/studies/{study}/assets/missing.js")).await.unwrap()).await;
+    let (status, _) = error_detail(
+        get(format!("/studies/{study}/assets/missing.js"))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 404);
-    let (status, _) = error_detail(get(format!("/studies/{study}/assets/..%2F..%2Fetc%2Fpasswd")).await.unwrap()).await;
+    let (status, _) = error_detail(
+        get(format!("/studies/{study}/assets/..%2F..%2Fetc%2Fpasswd"))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert!(status == 400 || status == 404, "{status}");
-    let (status, _) = error_detail(get(format!("/studies/{study}/{}/", Uuid::new_v4())).await.unwrap()).await;
+    let (status, _) = error_detail(
+        get(format!("/studies/{study}/{}/", Uuid::new_v4()))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 404);
-    let (status, detail) = error_detail(get(format!("/studies/{}/{child}/", Uuid::new_v4())).await.unwrap()).await;
+    let (status, detail) = error_detail(
+        get(format!("/studies/{}/{child}/", Uuid::new_v4()))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 404, "{detail}");
 }
 
@@ -246,29 +357,53 @@ async fn researchers_preview_unpublished_studies_and_rule_on_consent() {
     let parent = app.user(false, false).await;
     let child = app.child(parent.id).await;
     // Not active: participants get a 404, the lab's researcher a preview.
-    let participant = app.client.get(app.url(&format!("/studies/{study}/{child}/"))).send().await.unwrap();
+    let participant = app
+        .client
+        .get(app.url(&format!("/studies/{study}/{child}/")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_detail(participant).await.0, 404);
-    let preview = app.get(&session, &format!("/exp/studies/{study}/{child}/preview/")).await;
+    let preview = app
+        .get(&session, &format!("/exp/studies/{study}/{child}/preview/"))
+        .await;
     assert_eq!(preview.status(), 200);
     assert_eq!(preview.text().await.unwrap(), "<html>study</html>");
     let (_, stranger, _) = app.researcher().await;
-    let (status, _) = error_detail(app.get(&stranger, &format!("/exp/studies/{study}/{child}/preview/")).await).await;
+    let (status, _) = error_detail(
+        app.get(&stranger, &format!("/exp/studies/{study}/{child}/preview/"))
+            .await,
+    )
+    .await;
     assert_eq!(status, 404);
 
     let response = app.response(study, child).await;
     let path = format!("/api/researcher/responses/{response}/consent/");
     let pending = json_of(app.get(&session, &path).await).await;
     assert_eq!(pending["current"], "pending");
-    let ruled = app.post(&session, &path, json!({"action": "accepted", "comments": "clear video"})).await;
+    let ruled = app
+        .post(
+            &session,
+            &path,
+            json!({"action": "accepted", "comments": "clear video"}),
+        )
+        .await;
     assert_eq!(ruled.status(), 201);
-    let later = app.post(&session, &path, json!({"action": "rejected"})).await;
+    let later = app
+        .post(&session, &path, json!({"action": "rejected"}))
+        .await;
     assert_eq!(later.status(), 201);
     let status = json_of(app.get(&session, &path).await).await;
     assert_eq!(status["current"], "rejected");
     assert_eq!(status["rulings"].as_array().unwrap().len(), 2);
-    let (code, detail) = error_detail(app.post(&session, &path, json!({"action": "maybe"})).await).await;
+    let (code, detail) =
+        error_detail(app.post(&session, &path, json!({"action": "maybe"})).await).await;
     assert_eq!(code, 400);
     assert!(detail.contains("accepted, rejected or pending"), "{detail}");
-    let (code, _) = error_detail(app.post(&stranger, &path, json!({"action": "accepted"})).await).await;
+    let (code, _) = error_detail(
+        app.post(&stranger, &path, json!({"action": "accepted"}))
+            .await,
+    )
+    .await;
     assert_eq!(code, 404);
 }

@@ -42,20 +42,40 @@ async fn fixture() -> Fixture {
         .execute(&app.pool)
         .await
         .unwrap();
-    Fixture { app, study, response }
+    Fixture {
+        app,
+        study,
+        response,
+    }
 }
 
 impl Fixture {
     fn name(&self, frame: &str) -> String {
-        format!("videoStream_{}_{frame}_{}_1700000000123_042", self.study, self.response)
+        format!(
+            "videoStream_{}_{frame}_{}_1700000000123_042",
+            self.study, self.response
+        )
     }
 
     fn upload(&self, pipe_name: &str) {
-        std::fs::write(self.app.videos.path().join(format!("{pipe_name}.mp4")), b"video").unwrap();
-        std::fs::write(self.app.videos.path().join(format!("{pipe_name}.jpg")), b"snapshot").unwrap();
+        std::fs::write(
+            self.app.videos.path().join(format!("{pipe_name}.mp4")),
+            b"video",
+        )
+        .unwrap();
+        std::fs::write(
+            self.app.videos.path().join(format!("{pipe_name}.jpg")),
+            b"snapshot",
+        )
+        .unwrap();
     }
 
-    async fn call(&self, payload: &str, signature: Option<String>, forwarded_host: Option<&str>) -> reqwest::Response {
+    async fn call(
+        &self,
+        payload: &str,
+        signature: Option<String>,
+        forwarded_host: Option<&str>,
+    ) -> reqwest::Response {
         let mut request = self
             .app
             .client
@@ -65,16 +85,20 @@ impl Fixture {
             request = request.header("X-Pipe-Signature", signature);
         }
         if let Some(host) = forwarded_host {
-            request = request.header("X-Forwarded-Host", host).header("X-Forwarded-Proto", "https");
+            request = request
+                .header("X-Forwarded-Host", host)
+                .header("X-Forwarded-Proto", "https");
         }
         request.send().await.unwrap()
     }
 
     async fn videos(&self) -> Vec<(String, String, bool, String)> {
-        sqlx::query_as("SELECT full_name, pipe_name, is_consent_footage, frame_id FROM videos ORDER BY pk")
-            .fetch_all(&self.app.pool)
-            .await
-            .unwrap()
+        sqlx::query_as(
+            "SELECT full_name, pipe_name, is_consent_footage, frame_id FROM videos ORDER BY pk",
+        )
+        .fetch_all(&self.app.pool)
+        .await
+        .unwrap()
     }
 }
 
@@ -87,11 +111,22 @@ async fn a_signed_webhook_renames_the_video_and_records_it() {
     let signature = pipe_signature(&format!("{PUBLIC_URL}/exp/renamevideo/"), &payload);
     let response = f.call(&payload, Some(signature), None).await;
     assert_eq!(response.status(), 200);
-    assert_eq!(response.text().await.unwrap(), format!("pipe-abc --> {name}"));
+    assert_eq!(
+        response.text().await.unwrap(),
+        format!("pipe-abc --> {name}")
+    );
     assert!(f.app.videos.path().join(format!("{name}.mp4")).exists());
     assert!(!f.app.videos.path().join("pipe-abc.mp4").exists());
     assert!(!f.app.videos.path().join("pipe-abc.jpg").exists());
-    assert_eq!(f.videos().await, [(name, "pipe-abc".to_string(), false, "2-my_video_frame".to_string())]);
+    assert_eq!(
+        f.videos().await,
+        [(
+            name,
+            "pipe-abc".to_string(),
+            false,
+            "2-my_video_frame".to_string()
+        )]
+    );
 }
 
 #[tokio::test]
@@ -115,9 +150,17 @@ async fn the_tunnel_host_is_accepted_and_the_public_url_can_change() {
     f.upload("p1");
     let payload = pipe_payload("p1", &f.name("frame"), "upload success");
     let signature = pipe_signature("https://abc.tunnel.local/exp/renamevideo/", &payload);
-    assert_eq!(f.call(&payload, Some(signature), Some("abc.tunnel.local")).await.status(), 200);
+    assert_eq!(
+        f.call(&payload, Some(signature), Some("abc.tunnel.local"))
+            .await
+            .status(),
+        200
+    );
 
-    f.app.state.public_url().set(Some("https://new.example.net".parse().unwrap()));
+    f.app
+        .state
+        .public_url()
+        .set(Some("https://new.example.net".parse().unwrap()));
     f.upload("p2");
     let payload = pipe_payload("p2", &f.name("other"), "upload success");
     let signature = pipe_signature("https://new.example.net/exp/renamevideo/", &payload);
@@ -133,7 +176,11 @@ async fn bad_signatures_statuses_and_names_are_refused_with_the_reason() {
 
     // Tampered payload: signed one thing, sent another.
     let tampered = good.replace("493534", "493535");
-    let (status, detail) = error_detail(f.call(&tampered, Some(pipe_signature(&url, &good)), None).await).await;
+    let (status, detail) = error_detail(
+        f.call(&tampered, Some(pipe_signature(&url, &good)), None)
+            .await,
+    )
+    .await;
     assert_eq!(status, 403);
     assert!(detail.contains("does not match"), "{detail}");
 
@@ -158,30 +205,61 @@ async fn bad_signatures_statuses_and_names_are_refused_with_the_reason() {
         .await
         .unwrap();
     let (status, detail) = error_detail(response).await;
-    assert_eq!((status, detail.as_str()), (400, "the form field payload is missing"));
+    assert_eq!(
+        (status, detail.as_str()),
+        (400, "the form field payload is missing")
+    );
 
     // Upload not successful.
     let failed = pipe_payload("pipe-abc", &f.name("frame"), "upload failed");
-    let (status, detail) = error_detail(f.call(&failed, Some(pipe_signature(&url, &failed)), None).await).await;
+    let (status, detail) = error_detail(
+        f.call(&failed, Some(pipe_signature(&url, &failed)), None)
+            .await,
+    )
+    .await;
     assert_eq!(status, 403);
     assert!(detail.contains("not successful"), "{detail}");
 
     // Malformed names, and an unknown response.
     let cases = [
-        ("videoStream_nonsense_frame_x_1_042".to_string(), "not a study uuid"),
-        (format!("videoStream_{}_frame_{}_123_42", f.study, f.response), "3 random digits"),
-        (format!("clip_{}_frame_{}_1700000000123_042", f.study, f.response), "videoStream_"),
-        (format!("videoStream_{}_frame_{}_1700000000123_042", f.study, Uuid::new_v4()), "no response"),
+        (
+            "videoStream_nonsense_frame_x_1_042".to_string(),
+            "not a study uuid",
+        ),
+        (
+            format!("videoStream_{}_frame_{}_123_42", f.study, f.response),
+            "3 random digits",
+        ),
+        (
+            format!("clip_{}_frame_{}_1700000000123_042", f.study, f.response),
+            "videoStream_",
+        ),
+        (
+            format!(
+                "videoStream_{}_frame_{}_1700000000123_042",
+                f.study,
+                Uuid::new_v4()
+            ),
+            "no response",
+        ),
     ];
     for (name, reason) in cases {
         let payload = pipe_payload("pipe-abc", &name, "upload success");
-        let (status, detail) = error_detail(f.call(&payload, Some(pipe_signature(&url, &payload)), None).await).await;
+        let (status, detail) = error_detail(
+            f.call(&payload, Some(pipe_signature(&url, &payload)), None)
+                .await,
+        )
+        .await;
         assert_eq!(status, 400, "{detail}");
         assert!(detail.contains(reason), "{detail} lacks {reason}");
     }
     // A video that is not in storage.
     let missing = pipe_payload("never-uploaded", &f.name("frame"), "upload success");
-    let (status, detail) = error_detail(f.call(&missing, Some(pipe_signature(&url, &missing)), None).await).await;
+    let (status, detail) = error_detail(
+        f.call(&missing, Some(pipe_signature(&url, &missing)), None)
+            .await,
+    )
+    .await;
     assert_eq!(status, 400);
     assert!(detail.contains("not in the video storage"), "{detail}");
     assert!(f.videos().await.is_empty());
@@ -224,12 +302,16 @@ async fn the_lambda_registers_videos_with_a_valid_signature_only() {
     assert!(detail.contains("missing"), "{detail}");
     let (status, _) = error_detail(post(Some("00ff".into()), pretty.clone()).await.unwrap()).await;
     assert_eq!(status, 401);
-    let response = post(Some(lambda_signature(&attributes)), pretty).await.unwrap();
+    let response = post(Some(lambda_signature(&attributes)), pretty)
+        .await
+        .unwrap();
     assert_eq!(response.status(), 201);
     let created: Value = response.json().await.unwrap();
     assert_eq!(created["data"]["type"], "videos");
     assert_eq!(f.videos().await.len(), 1);
     // The same video again is a conflict, not a 500.
-    let again = post(Some(lambda_signature(&attributes)), document.to_string()).await.unwrap();
+    let again = post(Some(lambda_signature(&attributes)), document.to_string())
+        .await
+        .unwrap();
     assert_eq!(error_detail(again).await.0, 409);
 }

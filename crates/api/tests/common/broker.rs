@@ -13,16 +13,25 @@ pub async fn declare_queues(amqp_url: &str) -> Connection {
         .expect("connect to the test broker");
     let channel = connection.create_channel().await.unwrap();
     for queue in Queue::ALL {
-        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
         channel
             .queue_declare(&queue.dead_letter_name(), durable, FieldTable::default())
             .await
             .unwrap();
         let mut arguments = FieldTable::default();
         for (key, value) in queue.dead_letter_arguments() {
-            arguments.insert(ShortString::from(key), AMQPValue::LongString(LongString::from(value)));
+            arguments.insert(
+                ShortString::from(key),
+                AMQPValue::LongString(LongString::from(value)),
+            );
         }
-        channel.queue_declare(queue.name(), durable, arguments).await.unwrap();
+        channel
+            .queue_declare(queue.name(), durable, arguments)
+            .await
+            .unwrap();
     }
     connection
 }
@@ -30,7 +39,12 @@ pub async fn declare_queues(amqp_url: &str) -> Connection {
 pub async fn consumer(connection: &Connection, queue: Queue) -> Consumer {
     let channel = connection.create_channel().await.unwrap();
     channel
-        .basic_consume(queue.name(), "test", BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.name(),
+            "test",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap()
 }
@@ -45,8 +59,16 @@ pub async fn next_message(consumer: &mut Consumer) -> (String, String, u8, serde
     delivery.ack(BasicAckOptions::default()).await.unwrap();
     let properties = &delivery.properties;
     (
-        properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default(),
-        properties.content_type().as_ref().map(|s| s.to_string()).unwrap_or_default(),
+        properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        properties
+            .content_type()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
         properties.delivery_mode().unwrap_or_default(),
         serde_json::from_slice(&delivery.data).unwrap(),
     )

@@ -32,7 +32,6 @@ pub struct TestApp {
     _shutdown: oneshot::Sender<()>,
 }
 
-
 pub struct AppOptions {
     pub amqp_url: Option<String>,
     pub tls: Option<lookit_api::TlsConfig>,
@@ -52,7 +51,10 @@ impl Default for AppOptions {
 pub async fn migrated_database() -> (TestDatabase, PgPool) {
     let db = lookit_testkit::fresh_database().await;
     let pool = db.pool().await;
-    lookit_contracts::MIGRATOR.run(&pool).await.expect("migrations apply");
+    lookit_contracts::MIGRATOR
+        .run(&pool)
+        .await
+        .expect("migrations apply");
     (db, pool)
 }
 
@@ -78,10 +80,19 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    let scheme = if options.tls.is_some() { "https" } else { "http" };
-    tokio::spawn(lookit_api::run(listener, options.tls, state.clone(), async {
-        let _ = rx.await;
-    }));
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tokio::spawn(lookit_api::run(
+        listener,
+        options.tls,
+        state.clone(),
+        async {
+            let _ = rx.await;
+        },
+    ));
     TestApp {
         base: format!("{scheme}://{addr}"),
         addr,
@@ -110,7 +121,9 @@ pub struct TestUser {
 
 impl TestUser {
     pub fn code(&self) -> String {
-        lookit_api_totp(&self.totp_secret, &self.username).generate_current().unwrap()
+        lookit_api_totp(&self.totp_secret, &self.username)
+            .generate_current()
+            .unwrap()
     }
 }
 
@@ -172,7 +185,11 @@ impl TestApp {
     }
 
     /// POST /api/auth/login/; returns the status, body and session (when a cookie was set).
-    pub async fn login(&self, username: &str, password: &str) -> (u16, Value, Option<Session>, HeaderMap) {
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> (u16, Value, Option<Session>, HeaderMap) {
         let response = self
             .client
             .post(self.url("/api/auth/login/"))
@@ -202,7 +219,11 @@ impl TestApp {
         let session = session.expect("session cookie");
         if body["second_factor"] == "required" {
             let response = self
-                .post(&session, "/api/auth/login/code/", json!({"code": user.code()}))
+                .post(
+                    &session,
+                    "/api/auth/login/code/",
+                    json!({"code": user.code()}),
+                )
                 .await;
             assert_eq!(response.status(), 204);
         }
@@ -282,7 +303,13 @@ impl TestApp {
         self.send(reqwest::Method::POST, session, path, body).await
     }
 
-    pub async fn send(&self, method: reqwest::Method, session: &Session, path: &str, body: Value) -> reqwest::Response {
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        session: &Session,
+        path: &str,
+        body: Value,
+    ) -> reqwest::Response {
         self.client
             .request(method, self.url(path))
             .header("cookie", &session.cookie)
@@ -314,7 +341,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
@@ -324,4 +354,10 @@ pub async fn published_jobs(pool: &PgPool) -> i64 {
         .fetch_one(pool)
         .await
         .unwrap()
+}
+
+/// A fresh RabbitMQ vhost (the crypto provider installed first: the testkit's HTTP client needs it).
+pub async fn vhost() -> lookit_testkit::TestVhost {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    lookit_testkit::fresh_vhost().await
 }
