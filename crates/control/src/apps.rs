@@ -197,12 +197,12 @@ impl Apps {
                     .server
                     .as_deref()
                     .ok_or_else(|| {
-                        ActionError::Failed(
+                        ActionError::Invalid(
                             "the bore provider needs the lab's tunnel server: set `tunnel.server = \"host[:port]\"`".into(),
                         )
                     })?
                     .parse()
-                    .map_err(|e: lookit_tunnel::TunnelError| ActionError::Failed(e.to_string()))?,
+                    .map_err(|e: lookit_tunnel::TunnelError| ActionError::Invalid(e.to_string()))?,
                 secret: secrets.bore_secret.clone(),
             },
         };
@@ -217,7 +217,15 @@ impl Apps {
             .start(settings, &user_name())
             .await
             .map(|_| ())
-            .map_err(|e| ActionError::Failed(e.to_string()))
+            .map_err(|e| match e {
+                // The user can fix these in the settings; the rest is the network's or provider's.
+                lookit_tunnel::TunnelError::NoAuthtoken
+                | lookit_tunnel::TunnelError::AuthtokenRejected { .. }
+                | lookit_tunnel::TunnelError::InvalidSetting { .. } => {
+                    ActionError::Invalid(e.to_string())
+                }
+                other => ActionError::Failed(other.to_string()),
+            })
     }
 
     pub(crate) async fn tunnel_stop(&self) -> Result<(), ActionError> {

@@ -45,7 +45,10 @@ fn is_zombie(pid: nix::unistd::Pid) -> bool {
         .and_then(|stat| {
             // The state follows the command name, which is in parentheses and may hold spaces.
             let after_name = stat.rsplit_once(')')?.1;
-            after_name.split_whitespace().next().map(|state| state == "Z")
+            after_name
+                .split_whitespace()
+                .next()
+                .map(|state| state == "Z")
         })
         .unwrap_or(false)
 }

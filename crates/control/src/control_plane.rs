@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use lookit_config::{Config, Home, Secrets};
 use lookit_panel::{
     ActionError, ControlPlane, DoctorCheck, InspectedRequest, NotificationLevel, PanelEvent,
-    ServiceAction, ServiceName, StackAction, TunnelAction,
+    ServiceAction, ServiceName, StackAction, TunnelAction, TunnelOptions,
 };
 use lookit_stack::{Stack, StackError, StackEvent, StepOutcome};
 use lookit_status::{Endpoint, ServiceState, ServiceStatus, StatusReport};
@@ -292,6 +292,29 @@ impl InstanceCore {
     }
 }
 
+/// The `[tunnel]` configuration with one session's overrides, validated like the config file.
+fn tunnel_config_with(
+    config: &lookit_config::TunnelConfig,
+    options: TunnelOptions,
+) -> Result<lookit_config::TunnelConfig, ActionError> {
+    let mut config = config.clone();
+    if let Some(provider) = options.provider {
+        config.provider = match provider.as_str() {
+            "ngrok" => lookit_config::TunnelProviderChoice::Ngrok,
+            "bore" => lookit_config::TunnelProviderChoice::Bore,
+            other => {
+                return Err(ActionError::Invalid(format!(
+                    "`{other}` is not a tunnel provider: use `ngrok` or `bore`"
+                )))
+            }
+        };
+    }
+    if let Some(server) = options.server {
+        config.server = Some(server);
+    }
+    Ok(config)
+}
+
 fn stack_action_error(e: StackError) -> ActionError {
     match e {
         StackError::UnknownService(name) => ActionError::UnknownService(name),
@@ -360,13 +383,20 @@ impl ControlPlane for InstanceCore {
         self.stop.cancel();
     }
 
-    async fn tunnel_action(&self, action: TunnelAction) -> Result<(), ActionError> {
+    async fn tunnel_action(
+        &self,
+        action: TunnelAction,
+        options: TunnelOptions,
+    ) -> Result<(), ActionError> {
         let guard = self.apps.read().await;
         let apps = guard.as_ref().ok_or_else(|| {
             ActionError::Conflict("the API is not running yet; start the stack first".into())
         })?;
         let result = match action {
-            TunnelAction::Start => apps.tunnel_start(&self.config.tunnel, &self.secrets).await,
+            TunnelAction::Start => {
+                let config = tunnel_config_with(&self.config.tunnel, options)?;
+                apps.tunnel_start(&config, &self.secrets).await
+            }
             TunnelAction::Stop => apps.tunnel_stop().await,
         };
         drop(guard);

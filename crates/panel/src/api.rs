@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::control_plane::{
     BuildAction, BuildSummary, ControlPlane, DeadLetter, DeadLetterAction, DoctorCheck,
     InspectedRequest, PanelEvent, ServiceAction, ServiceName, StackAction, TunnelAction,
+    TunnelOptions,
 };
 use crate::error::ApiError;
 
@@ -170,9 +171,20 @@ async fn logs(
 async fn tunnel_action(
     State(state): State<ApiState>,
     action: Result<Path<TunnelAction>, PathRejection>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let action = path_part(action, "tunnel action (start or stop)")?;
-    state.control.tunnel_action(action).await?;
+    // The body is optional: the UI's Share button sends none, the CLI may send overrides.
+    let options = if body.iter().all(u8::is_ascii_whitespace) {
+        TunnelOptions::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the body must be {{\"provider\": \"ngrok\"|\"bore\", \"server\": \"host[:port]\"}}: {e}"
+            ))
+        })?
+    };
+    state.control.tunnel_action(action, options).await?;
     Ok(done())
 }
 

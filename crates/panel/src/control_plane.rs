@@ -38,7 +38,11 @@ pub trait ControlPlane: Send + Sync + 'static {
     async fn shutdown(&self);
 
     /// Opens or closes the public tunnel; its state is in [`StatusReport::tunnel`].
-    async fn tunnel_action(&self, _action: TunnelAction) -> Result<(), ActionError> {
+    async fn tunnel_action(
+        &self,
+        _action: TunnelAction,
+        _options: TunnelOptions,
+    ) -> Result<(), ActionError> {
         Err(ActionError::NotAvailable("the tunnel".into()))
     }
 
@@ -98,6 +102,9 @@ pub enum ActionError {
     /// The part of the instance that would do this is not built yet.
     #[error("{0} not available yet")]
     NotAvailable(String),
+    /// The request asks for something that can never work (a bad option value).
+    #[error("{0}")]
+    Invalid(String),
     /// The request is valid but conflicts with the current state (e.g. cancelling a finished build).
     #[error("{0}")]
     Conflict(String),
@@ -160,6 +167,17 @@ pub enum StackAction {
 pub enum TunnelAction {
     Start,
     Stop,
+}
+
+/// Choices for one sharing session that override the `[tunnel]` configuration (the CLI's
+/// `--provider` and `--server`). Empty: use the configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelOptions {
+    /// `ngrok` or `bore`.
+    pub provider: Option<String>,
+    /// The bore server, `host[:port]`.
+    pub server: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -35,6 +35,7 @@ impl ApiError {
                 (StatusCode::NOT_IMPLEMENTED, "not_available")
             }
             ApiError::Action(ActionError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Action(ActionError::Invalid(_)) => (StatusCode::BAD_REQUEST, "invalid"),
             ApiError::Action(ActionError::Failed(_)) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "failed")
             }

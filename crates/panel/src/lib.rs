@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub use control_plane::{
     ActionError, BuildAction, BuildSummary, ControlPlane, DeadLetter, DeadLetterAction,
     DoctorCheck, InspectedRequest, InvalidServiceName, NotificationLevel, PanelEvent,
-    ServiceAction, ServiceName, StackAction, TunnelAction,
+    ServiceAction, ServiceName, StackAction, TunnelAction, TunnelOptions,
 };
 
 /// What the panel serves: the instance it controls and the token clients must present.

@@ -141,6 +141,8 @@ struct Panel {
 }
 
 async fn start_panel() -> Panel {
+    // The process's one rustls provider, as the binaries install it at start-up.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let (requested_tx, requested_rx) = oneshot::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let instance = Arc::new(TestInstance::new(requested_tx));

@@ -9,7 +9,14 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 use url::Url;
 
+/// Installs aws-lc-rs as the process's rustls provider (as the binaries do at start-up), so the
+/// HTTPS and AMQP clients of a test work whichever fixture it calls first. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 fn required_env(name: &str) -> String {
+    install_crypto_provider();
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run `eval \"$(scripts/test-services start)\"` first (the test command does this)")
     })
@@ -78,9 +85,11 @@ impl Drop for TestDatabase {
             if let Ok(runtime) = runtime {
                 runtime.block_on(async {
                     if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
-                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&mut admin)
-                            .await;
+                        let _ = sqlx::query(&format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        ))
+                        .execute(&mut admin)
+                        .await;
                     }
                 });
             }
@@ -98,7 +107,8 @@ pub struct TestVhost {
 
 /// Creates a vhost for one test with full permissions for the test user.
 pub async fn fresh_vhost() -> TestVhost {
-    let amqp = Url::parse(&required_env("LOOKIT_TEST_AMQP_URL")).expect("LOOKIT_TEST_AMQP_URL is a URL");
+    let amqp =
+        Url::parse(&required_env("LOOKIT_TEST_AMQP_URL")).expect("LOOKIT_TEST_AMQP_URL is a URL");
     let management_url =
         Url::parse(&required_env("LOOKIT_TEST_RABBITMQ_MANAGEMENT_URL")).expect("management URL");
     let name = format!("test-{}", uuid::Uuid::new_v4().simple());
@@ -165,7 +175,11 @@ impl Drop for TestVhost {
             self.name
         );
         let user = self.management_url.username().to_string();
-        let password = self.management_url.password().unwrap_or_default().to_string();
+        let password = self
+            .management_url
+            .password()
+            .unwrap_or_default()
+            .to_string();
         let _ = std::thread::spawn(move || {
             if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -7,13 +7,19 @@ async fn fresh_databases_are_isolated_and_writable() {
     let b = lookit_testkit::fresh_database().await;
     assert_ne!(a.name(), b.name());
     let pool_a = a.pool().await;
-    sqlx::query("CREATE TABLE marker (id int)").execute(&pool_a).await.unwrap();
+    sqlx::query("CREATE TABLE marker (id int)")
+        .execute(&pool_a)
+        .await
+        .unwrap();
     let pool_b = b.pool().await;
     let seen: Option<String> = sqlx::query_scalar("SELECT to_regclass('marker')::text")
         .fetch_one(&pool_b)
         .await
         .unwrap();
-    assert_eq!(seen, None, "a table of one test leaked into another test's database");
+    assert_eq!(
+        seen, None,
+        "a table of one test leaked into another test's database"
+    );
 }
 
 #[tokio::test]
