@@ -41,7 +41,8 @@ impl Config {
         }
         // The file is known to be valid, so its table is too; each override is checked alone on
         // top of it so that an error names exactly the variable at fault.
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
         for o in &overrides {
             let mut trial = table.clone();
             o.apply(&mut trial);
@@ -127,7 +128,11 @@ fn deserialize_value(table: toml::Table) -> Result<Config, (String, String)> {
         let key = e.path().to_string();
         let message = e.inner().message().to_string();
         (
-            if key == "." { String::new() } else { unknown_key(&message, &key) },
+            if key == "." {
+                String::new()
+            } else {
+                unknown_key(&message, &key)
+            },
             message,
         )
     })
@@ -159,7 +164,10 @@ impl EnvOverride {
     }
 
     fn apply(&self, table: &mut toml::Table) {
-        let (last, sections) = self.path.split_last().expect("split yields at least one part");
+        let (last, sections) = self
+            .path
+            .split_last()
+            .expect("split yields at least one part");
         let mut current = table;
         for section in sections {
             let entry = current
@@ -198,8 +206,13 @@ mod tests {
 
     #[test]
     fn wrong_type_names_key_file_and_line() {
-        let err = load("[api]\n\nport = \"eighty\"\n", &[]).unwrap_err().to_string();
-        assert!(err.contains("expected a port number from 0 to 65535"), "{err}");
+        let err = load("[api]\n\nport = \"eighty\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("expected a port number from 0 to 65535"),
+            "{err}"
+        );
         assert!(err.contains("/lab/config.toml"), "{err}");
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("`api.port`"), "{err}");
@@ -207,7 +220,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let err = load("[postgres]\nport = 5433\nprot = 1\n", &[]).unwrap_err().to_string();
+        let err = load("[postgres]\nport = 5433\nprot = 1\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("`postgres.prot`"), "{err}");
         assert!(err.contains("expected one of"), "{err}");
@@ -215,7 +230,9 @@ mod tests {
 
     #[test]
     fn unknown_section_is_an_error() {
-        let err = load("[postgress]\nport = 1\n", &[]).unwrap_err().to_string();
+        let err = load("[postgress]\nport = 1\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("postgress"), "{err}");
         assert!(err.contains("line 1"), "{err}");
     }
@@ -223,9 +240,17 @@ mod tests {
     #[test]
     fn invalid_value_says_what_is_expected() {
         let err = load("[api]\nport = 70000\n", &[]).unwrap_err().to_string();
-        assert!(err.contains("line 2") && err.contains("expected 0 to 65535"), "{err}");
-        let err = load("[stack]\nbackend = \"podman\"\n", &[]).unwrap_err().to_string();
-        assert!(err.contains("`stack.backend`") && err.contains("docker"), "{err}");
+        assert!(
+            err.contains("line 2") && err.contains("expected 0 to 65535"),
+            "{err}"
+        );
+        let err = load("[stack]\nbackend = \"podman\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`stack.backend`") && err.contains("docker"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -238,7 +263,10 @@ mod tests {
     fn environment_overrides_file() {
         let config = load(
             "[api]\nport = 9000\n",
-            &[("LOOKIT_LOCAL__API__PORT", "9443"), ("LOOKIT_LOCAL__STACK__BACKEND", "native")],
+            &[
+                ("LOOKIT_LOCAL__API__PORT", "9443"),
+                ("LOOKIT_LOCAL__STACK__BACKEND", "native"),
+            ],
         )
         .unwrap();
         assert_eq!(config.api.port, Port(9443));
@@ -247,11 +275,18 @@ mod tests {
 
     #[test]
     fn bad_environment_override_names_the_variable() {
-        let err = load("", &[("LOOKIT_LOCAL__API__PORT", "not-a-port")]).unwrap_err().to_string();
+        let err = load("", &[("LOOKIT_LOCAL__API__PORT", "not-a-port")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("LOOKIT_LOCAL__API__PORT"), "{err}");
         assert!(err.contains("api.port"), "{err}");
-        let err = load("", &[("LOOKIT_LOCAL__API__PROT", "1")]).unwrap_err().to_string();
-        assert!(err.contains("LOOKIT_LOCAL__API__PROT") && err.contains("api.prot"), "{err}");
+        let err = load("", &[("LOOKIT_LOCAL__API__PROT", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("LOOKIT_LOCAL__API__PROT") && err.contains("api.prot"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -268,7 +303,10 @@ mod tests {
         .unwrap();
         let shown = config.to_toml();
         assert!(!shown.contains("hunter2hunter2"), "{shown}");
-        assert!(shown.contains("postgres://lab:REDACTED@db.lab:5432/lookit"), "{shown}");
+        assert!(
+            shown.contains("postgres://lab:REDACTED@db.lab:5432/lookit"),
+            "{shown}"
+        );
     }
 
     #[test]

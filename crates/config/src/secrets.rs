@@ -97,7 +97,10 @@ impl Secrets {
             bore_secret: given(&file.bore_secret),
         };
         if changed {
-            write_private(path, &toml::to_string(&file).expect("plain strings serialize"))?;
+            write_private(
+                path,
+                &toml::to_string(&file).expect("plain strings serialize"),
+            )?;
         }
         Ok(secrets)
     }

@@ -147,7 +147,10 @@ mod tests {
             r#"{"job_id":"6f1c1a52-9c57-4b8e-9a3f-0d6f4d1c2b3a","build_id":"6f1c1a52-9c57-4b8e-9a3f-0d6f4d1c2b3b"}"#,
         )
         .unwrap();
-        assert_eq!(ok.build_id.to_string(), "6f1c1a52-9c57-4b8e-9a3f-0d6f4d1c2b3b");
+        assert_eq!(
+            ok.build_id.to_string(),
+            "6f1c1a52-9c57-4b8e-9a3f-0d6f4d1c2b3b"
+        );
         assert!(serde_json::from_str::<BuildJob>(r#"{"job_id":"x","build_id":"y"}"#).is_err());
         assert!(serde_json::from_str::<CleanupJob>(
             r#"{"job_id":"6f1c1a52-9c57-4b8e-9a3f-0d6f4d1c2b3a","task":"format_disk"}"#
