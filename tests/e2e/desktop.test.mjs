@@ -3,7 +3,9 @@
 // launch leaves the first in charge, and quitting through the panel stops everything.
 //
 // Needs LOOKIT_DESKTOP_BIN (the lookit-local-desktop binary), tauri-driver on PATH (or in
-// $LOOKIT_CACHE/tools/bin) and DISPLAY (Xvfb). Screenshots go to screenshots/.
+// $LOOKIT_CACHE/tools/bin), DISPLAY (Xvfb) and a D-Bus session bus, which the single-instance
+// check uses (`npm run test:desktop` starts one with dbus-run-session). Screenshots go to
+// screenshots/.
 
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -43,18 +45,14 @@ function freePort() {
 before(async () => {
   assert.ok(desktopBin, 'set LOOKIT_DESKTOP_BIN to the lookit-local-desktop binary');
   assert.ok(process.env.DISPLAY, 'set DISPLAY (start Xvfb)');
+  assert.ok(process.env.DBUS_SESSION_BUS_ADDRESS, 'run under dbus-run-session (npm run test:desktop does)');
   await mkdir(SHOTS, { recursive: true });
   home = await freshHome();
   env = { ...instanceEnv(home), WEBKIT_DISABLE_COMPOSITING_MODE: '1' };
   const port = await freePort();
   const nativePort = await freePort();
   const args = ['--port', String(port), '--native-port', String(nativePort), '--native-driver', '/usr/bin/WebKitWebDriver'];
-  // The single-instance plugin talks over the session bus; give the app one if there is none.
-  const [command, commandArgs] =
-    !process.env.DBUS_SESSION_BUS_ADDRESS && existsSync('/usr/bin/dbus-run-session')
-      ? ['/usr/bin/dbus-run-session', ['--', tauriDriverPath(), ...args]]
-      : [tauriDriverPath(), args];
-  driverProcess = spawn(command, commandArgs, { env, stdio: ['ignore', 'inherit', 'inherit'] });
+  driverProcess = spawn(tauriDriverPath(), args, { env, stdio: ['ignore', 'inherit', 'inherit'] });
   const base = `http://127.0.0.1:${port}`;
   await eventually('tauri-driver to listen', async () => (await fetch(`${base}/status`)).ok, 30_000);
   driver = await WebDriver.newSession(base, desktopBin);

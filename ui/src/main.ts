@@ -1,3 +1,5 @@
+// First: later imports (uPlot) read navigator.language while they load.
+import './lib/locale-guard';
 import { mount } from 'svelte';
 import './app.css';
 import App from './App.svelte';

@@ -10,6 +10,15 @@ function answering(status: number, body: unknown) {
   return { calls, fetcher };
 }
 
+async function failure(call: Promise<unknown>): Promise<ApiError> {
+  try {
+    await call;
+  } catch (e) {
+    return e as ApiError;
+  }
+  throw new Error('expected the call to fail');
+}
+
 describe('PanelApi', () => {
   it('sends the token as a bearer header', async () => {
     const { calls, fetcher } = answering(200, { ready: true });
@@ -21,7 +30,7 @@ describe('PanelApi', () => {
 
   it("turns the panel's refusal into an error with its message", async () => {
     const { fetcher } = answering(404, { error: 'there is no service named "nginx"', code: 'not_found' });
-    const error = await new PanelApi('tok', fetcher).post('/services/nginx/stop').catch((e) => e);
+    const error = await failure(new PanelApi('tok', fetcher).post('/services/nginx/stop'));
     expect(error).toBeInstanceOf(ApiError);
     expect(error.message).toContain('nginx');
     expect(error.status).toBe(404);
@@ -30,7 +39,7 @@ describe('PanelApi', () => {
 
   it('recognises parts that are not built yet', async () => {
     const { fetcher } = answering(501, { error: 'builds not available yet', code: 'not_available' });
-    const error = await new PanelApi('tok', fetcher).get('/builds').catch((e) => e);
+    const error = await failure(new PanelApi('tok', fetcher).get('/builds'));
     expect(error.notAvailable).toBe(true);
   });
 
@@ -38,7 +47,7 @@ describe('PanelApi', () => {
     const api = new PanelApi('tok', async () => {
       throw new TypeError('Failed to fetch');
     });
-    const error = await api.get('/status').catch((e) => e);
+    const error = await failure(api.get('/status'));
     expect(error.message).toMatch(/cannot be reached/);
   });
 
