@@ -78,7 +78,7 @@ async fn studies_move_through_states_with_log_entries_and_review_emails() {
             .fetch_one(&app.pool)
             .await
             .unwrap();
-    assert_eq!(to, [reviewer.username.clone()]);
+    assert_eq!(to, std::slice::from_ref(&reviewer.username));
     let job: Value = sqlx::query_scalar("SELECT payload FROM job_outbox WHERE queue = 'email'")
         .fetch_one(&app.pool)
         .await

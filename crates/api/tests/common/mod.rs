@@ -32,20 +32,11 @@ pub struct TestApp {
     _shutdown: oneshot::Sender<()>,
 }
 
+#[derive(Default)]
 pub struct AppOptions {
     pub amqp_url: Option<String>,
     pub tls: Option<lookit_api::TlsConfig>,
     pub cookie_secure: bool,
-}
-
-impl Default for AppOptions {
-    fn default() -> Self {
-        AppOptions {
-            amqp_url: None,
-            tls: None,
-            cookie_secure: false,
-        }
-    }
 }
 
 pub async fn migrated_database() -> (TestDatabase, PgPool) {
