@@ -199,11 +199,14 @@ impl Drop for TestVhost {
 }
 
 /// Runs one of the `scripts/test-services` verbs (e.g. `restart-rabbitmq`) and waits for it.
-/// For fault tests: the server really goes down and comes back.
+/// For fault tests: the server really goes down and comes back. Its output is discarded so no
+/// server it starts can hold the test runner's output pipe open.
 pub async fn test_services(verb: &str) {
     let script = required_env("LOOKIT_TEST_SERVICES");
     let status = tokio::process::Command::new(&script)
         .arg(verb)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
         .status()
         .await
         .unwrap_or_else(|e| panic!("run {script} {verb}: {e}"));

@@ -1,8 +1,7 @@
 //! A job requested while the broker is down is delivered once it is back.
 //!
-//! This stops the shared test broker, so it must not run alongside other broker tests: run this
-//! binary on its own (`cargo test -p lookit-api --test broker_outage`, or a nextest test group
-//! with max-threads = 1).
+//! This stops the shared test broker, so it must not run alongside other broker tests: the test
+//! command runs `fault_*` binaries alone, after the others.
 
 mod common;
 
@@ -11,22 +10,6 @@ use common::*;
 use lookit_contracts::{BuildJob, Queue};
 use serde_json::json;
 
-/// Runs a `scripts/test-services` verb with its output discarded: the broker it starts keeps
-/// inherited descriptors open, which would hold the test runner's output pipe open.
-async fn test_services(verb: &str) {
-    let script = std::env::var("LOOKIT_TEST_SERVICES")
-        .expect("LOOKIT_TEST_SERVICES is set by scripts/test-services");
-    let status = tokio::process::Command::new(&script)
-        .arg(verb)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .await
-        .unwrap_or_else(|e| panic!("run {script} {verb}: {e}"));
-    assert!(status.success(), "{script} {verb} failed: {status}");
-}
-
 /// Starts the broker again even when the test fails half-way.
 struct RestartBroker;
 
@@ -34,7 +17,7 @@ impl Drop for RestartBroker {
     fn drop(&mut self) {
         let _ = std::thread::spawn(|| {
             if let Ok(runtime) = tokio::runtime::Runtime::new() {
-                runtime.block_on(test_services("start-rabbitmq"));
+                runtime.block_on(lookit_testkit::test_services("start-rabbitmq"));
             }
         })
         .join();
@@ -61,7 +44,7 @@ async fn a_build_requested_while_the_broker_is_down_is_delivered_when_it_returns
     let study = app.study(lab, "approved").await;
 
     let guard = RestartBroker;
-    test_services("stop-rabbitmq").await;
+    lookit_testkit::test_services("stop-rabbitmq").await;
     let response = app
         .post(
             &session,
@@ -78,7 +61,7 @@ async fn a_build_requested_while_the_broker_is_down_is_delivered_when_it_returns
     // The job waits in the outbox.
     assert_eq!(published_jobs(&app.pool).await, 0);
 
-    test_services("start-rabbitmq").await;
+    lookit_testkit::test_services("start-rabbitmq").await;
     drop(guard);
     let broker = lapin::Connection::connect(vhost.amqp_url(), Default::default())
         .await
