@@ -127,7 +127,7 @@ async fn study_for(pool: &PgPool, user: &User, id: Uuid) -> ApiResult<Study> {
 async fn write_log(
     tx: &mut PgConnection,
     study_id: Uuid,
-    user_id: Uuid,
+    user_id: impl Into<Option<Uuid>>,
     action: &str,
     extra: Value,
 ) -> ApiResult<()> {
@@ -135,7 +135,7 @@ async fn write_log(
         "INSERT INTO study_logs (study_id, user_id, action, extra) VALUES ($1, $2, $3, $4)",
     )
     .bind(study_id)
-    .bind(user_id)
+    .bind(user_id.into())
     .bind(action)
     .bind(extra)
     .execute(tx)
@@ -501,7 +501,7 @@ async fn study_logs(
 
 #[derive(sqlx::FromRow, Serialize, ToSchema)]
 pub struct Build {
-    id: Uuid,
+    pub id: Uuid,
     study_id: Uuid,
     requested_by: Option<Uuid>,
     player_repo: String,
@@ -560,8 +560,27 @@ async fn request_build(
     Researcher(user): Researcher,
     Path(id): Path<Uuid>,
 ) -> ApiResult<(StatusCode, Json<Build>)> {
-    let pool = state.pool();
-    let study = study_for(pool, &user, id).await?;
+    let study = study_for(state.pool(), &user, id).await?;
+    let build = queue_build(state.pool(), &study, Some(user.id)).await?;
+    Ok((StatusCode::ACCEPTED, Json(build)))
+}
+
+/// Queues a build of the study `id` for the worker (the `lookit-local build` command; the
+/// researcher route checks access first and shares [`queue_build`]).
+pub async fn queue_study_build(pool: &PgPool, id: Uuid) -> ApiResult<Build> {
+    let study: Study = sqlx::query_as(&format!("{STUDY_SELECT} WHERE s.id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| ApiError::not_found("study"))?;
+    queue_build(pool, &study, None).await
+}
+
+/// The build row and its job go into the database in one transaction (the outbox relay
+/// publishes the job). Refused while a build is queued or running, and when the study is
+/// already built from this version with a pinned player.
+async fn queue_build(pool: &PgPool, study: &Study, requested_by: Option<Uuid>) -> ApiResult<Build> {
+    let id = study.id;
     let (repo, reference, pinned) = player_of(&study.metadata);
     let fingerprint = hex::encode(Sha256::digest(
         serde_json::to_vec(&json!([
@@ -607,7 +626,7 @@ async fn request_build(
     )
     .bind(build_id)
     .bind(id)
-    .bind(user.id)
+    .bind(requested_by)
     .bind(&repo)
     .bind(&reference)
     .bind(&fingerprint)
@@ -629,7 +648,7 @@ async fn request_build(
     write_log(
         &mut tx,
         id,
-        user.id,
+        requested_by,
         "build requested",
         json!({"build_id": build_id, "player_ref": reference}),
     )
@@ -639,7 +658,7 @@ async fn request_build(
         .bind(build_id)
         .fetch_one(pool)
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(build)))
+    Ok(build)
 }
 
 #[utoipa::path(get, path = "/studies/{id}/builds/", tag = "researcher", params(("id" = Uuid, Path)),

@@ -43,16 +43,15 @@ pub async fn run(command: Command, home: Home, config: Config) -> anyhow::Result
             action: DemoAction::Seed { json },
         } => demo_seed(&home, &config, json).await,
         Command::Worker => worker(home, config).await,
-        Command::Build { .. } => not_built("build", 5),
+        Command::Build {
+            study,
+            player,
+            wait,
+        } => build(&home, &config, &study, player.as_deref(), wait).await,
         Command::Certs {
             action: CertsAction::Trust,
         } => certs_trust(&home),
     }
-}
-
-/// Commands whose feature has not landed say so and fail; none pretends to work.
-fn not_built(command: &str, issue: u32) -> anyhow::Result<Outcome> {
-    bail!("`lookit-local {command}` is not built yet (issue #{issue}); nothing was done")
 }
 
 fn config_command(home: &Home, config: &Config, action: ConfigAction) -> anyhow::Result<Outcome> {
@@ -381,4 +380,84 @@ fn certs_trust(home: &Home) -> anyhow::Result<Outcome> {
         println!("  {command}");
     }
     Ok(Outcome::Problems)
+}
+
+/// A `--player` value: a folder or repository URL, optionally pinned with `@<40-hex sha>`.
+fn parse_player(value: &str) -> anyhow::Result<(String, Option<String>)> {
+    let (source, sha) = match value.rsplit_once('@') {
+        Some((source, sha)) if sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            (source, Some(sha.to_ascii_lowercase()))
+        }
+        _ => (value, None),
+    };
+    let is_url = source.contains("://");
+    let source = if is_url {
+        source.to_string()
+    } else {
+        let path = std::fs::canonicalize(source).with_context(|| {
+            format!("--player {source}: no such folder (give a folder or a repository URL)")
+        })?;
+        path.display().to_string()
+    };
+    Ok((source, sha))
+}
+
+async fn build(
+    home: &Home,
+    config: &Config,
+    study: &str,
+    player: Option<&str>,
+    wait: bool,
+) -> anyhow::Result<Outcome> {
+    let study: uuid::Uuid = study.parse().map_err(|_| {
+        anyhow::anyhow!("{study:?} is not a study id (a UUID, as `demo seed` prints)")
+    })?;
+    let pool = database(home, config).await?;
+    if let Some(player) = player {
+        let (repo, sha) = parse_player(player)?;
+        // The player is part of the study, as when a researcher sets it in Lookit.
+        let updated = sqlx::query(
+            "UPDATE studies SET metadata = metadata || jsonb_build_object('player_repo_url', $2::text) \
+             || CASE WHEN $3::text IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('last_known_player_sha', $3::text) END, \
+             modified_at = now() WHERE id = $1",
+        )
+        .bind(study)
+        .bind(&repo)
+        .bind(&sha)
+        .execute(&pool)
+        .await?;
+        if updated.rows_affected() == 0 {
+            bail!("there is no study {study}");
+        }
+    }
+    let queued = lookit_api::queue_study_build(&pool, study)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("Build {} queued.", queued.id);
+    if InstanceRecord::read_live(&home.instance_file())?.is_none() {
+        println!("Lookit Local is not running: the build starts when it is (`lookit-local up`).");
+    }
+    if !wait {
+        return Ok(Outcome::Done);
+    }
+    let outcome = lookit_worker::follow_build(&pool, queued.id, |line| println!("{line}")).await?;
+    match outcome.status {
+        lookit_contracts::BuildStatus::Succeeded => {
+            println!("Build {} succeeded.", queued.id);
+            Ok(Outcome::Done)
+        }
+        status => {
+            eprintln!(
+                "Build {} {}{}{}",
+                queued.id,
+                serde_json::to_value(status)?.as_str().unwrap_or("ended"),
+                outcome
+                    .stage
+                    .map(|s| format!(" at stage {s}"))
+                    .unwrap_or_default(),
+                outcome.error.map(|e| format!(": {e}")).unwrap_or_default()
+            );
+            Ok(Outcome::Problems)
+        }
+    }
 }

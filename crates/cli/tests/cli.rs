@@ -150,10 +150,13 @@ fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, wanted: &str) -> Str
     }
 }
 
-#[test]
-fn up_status_env_and_down_on_the_native_backend() {
-    let home = tempfile::tempdir().unwrap();
-    let mut child = lookit(home.path())
+/// Starts `lookit-local up --headless` for `home` and returns once it printed `Stack ready`.
+fn up_until_ready(home: &Path, extra_env: &[(&str, &str)]) -> Running {
+    let mut command = lookit(home);
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    let mut child = command
         .args(["up", "--headless"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -172,6 +175,13 @@ fn up_status_env_and_down_on_the_native_backend() {
     let dashboard = wait_for_line(&lines, "Dashboard: http://127.0.0.1:");
     assert!(dashboard.contains("/#token="), "{dashboard}");
     wait_for_line(&lines, "Stack ready");
+    running
+}
+
+#[test]
+fn up_status_env_and_down_on_the_native_backend() {
+    let home = tempfile::tempdir().unwrap();
+    let running = up_until_ready(home.path(), &[]);
 
     let (ok, json, stderr) = output(lookit(home.path()).args(["status", "--json"]));
     assert!(ok, "{stderr}");
@@ -234,5 +244,80 @@ fn up_status_env_and_down_on_the_native_backend() {
     let status: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(status["running"], false);
     assert_eq!(status["ready"], false);
+    drop(running);
+}
+
+#[test]
+fn build_a_demo_study_from_a_player_folder_and_serve_it() {
+    let home = tempfile::tempdir().unwrap();
+    // The test builder honours Lookit's build contract (scripts/build-test-images makes it).
+    let builder = [(
+        "LOOKIT_LOCAL__BUILDS__BUILDER_IMAGE",
+        "lookit-test/builder:latest",
+    )];
+    let running = up_until_ready(home.path(), &builder);
+    let (ok, json, stderr) = output(
+        lookit(home.path())
+            .envs(builder)
+            .args(["demo", "seed", "--json"]),
+    );
+    assert!(ok, "{stderr}");
+    let ids: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let study = ids["study"]
+        .as_str()
+        .expect("demo seed prints the study id")
+        .to_string();
+    let child = ids["child"]
+        .as_str()
+        .expect("demo seed prints the child id")
+        .to_string();
+
+    let player = tempfile::tempdir().unwrap();
+    std::fs::write(
+        player.path().join("package.json"),
+        "{\"name\": \"frameplayer\"}",
+    )
+    .unwrap();
+    let (ok, log, stderr) = output(lookit(home.path()).envs(builder).args([
+        "build",
+        &study,
+        "--player",
+        player.path().to_str().unwrap(),
+        "--wait",
+    ]));
+    assert!(ok, "build failed:\n{log}\n{stderr}");
+    assert!(
+        log.contains("build finished"),
+        "the builder's log was not followed:\n{log}"
+    );
+    assert!(log.contains("succeeded"), "{log}");
+
+    // The API serves the built runner's files (the index only once the study is active).
+    let (_, status, _) = output(lookit(home.path()).args(["status", "--json"]));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let api = status["api"]["url"].as_str().unwrap().to_string();
+    let ca = home.path().join("certs").join("ca.pem");
+    let asset = Command::new("curl")
+        .args([
+            "-fsS",
+            "-w",
+            "\n%{content_type}",
+            "--cacert",
+            ca.to_str().unwrap(),
+        ])
+        .arg(format!("{api}/studies/{study}/assets/frameplayer.js"))
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&asset.stdout);
+    assert!(
+        asset.status.success(),
+        "{}",
+        String::from_utf8_lossy(&asset.stderr)
+    );
+    assert!(body.contains("console.log(\"frameplayer"), "{body}");
+    assert!(
+        body.contains("\ntext/javascript"),
+        "wrong content type: {body}"
+    );
     drop(running);
 }
