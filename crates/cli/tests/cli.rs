@@ -267,10 +267,6 @@ fn build_a_demo_study_from_a_player_folder_and_serve_it() {
         .as_str()
         .expect("demo seed prints the study id")
         .to_string();
-    let child = ids["child"]
-        .as_str()
-        .expect("demo seed prints the child id")
-        .to_string();
 
     let player = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -17,4 +17,4 @@ pub use error::ConfigError;
 pub use home::Home;
 pub use load::ENV_PREFIX;
 pub use schema::*;
-pub use secrets::{random_token, Secrets, SecretsError};
+pub use secrets::{random_token, write_private, Secrets, SecretsError};

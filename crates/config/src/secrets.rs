@@ -100,7 +100,11 @@ impl Secrets {
             write_private(
                 path,
                 &toml::to_string(&file).expect("plain strings serialize"),
-            )?;
+            )
+            .map_err(|source| SecretsError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
         }
         Ok(secrets)
     }
@@ -118,14 +122,11 @@ impl Secrets {
 }
 
 /// Writes `contents` to `path` readable by the owner only, atomically (temp file + rename), so
-/// a crash never leaves a half-written or world-readable secrets file.
-pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), SecretsError> {
-    let err = |source| SecretsError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+/// a crash never leaves a half-written or world-readable file. For secrets and anything that
+/// holds a token.
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()
@@ -133,14 +134,12 @@ pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), SecretsEr
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
+        .open(&tmp)?;
     // `mode` only applies on creation; a leftover temp file must not keep wider permissions.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(err)?;
-    file.write_all(contents.as_bytes()).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

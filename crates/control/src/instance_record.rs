@@ -4,8 +4,6 @@
 //! Invariant: the file exists only while its process lives; a record whose pid is gone is stale
 //! and ignored (the process may have been killed without cleaning up).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -42,19 +40,8 @@ impl InstanceRecord {
 
     /// Writes the record owner-readable only; returns a guard that removes it on drop.
     pub fn write(&self, path: &Path) -> anyhow::Result<RecordGuard> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        }
-        let tmp = path.with_extension("tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("write {}", tmp.display()))?;
-        file.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
-        std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
+        lookit_config::write_private(path, &serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("write {}", path.display()))?;
         Ok(RecordGuard {
             path: path.to_path_buf(),
         })

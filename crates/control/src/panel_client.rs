@@ -22,18 +22,8 @@ impl PanelClient {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
+        self.send(self.http.get(format!("{}{path}", self.base)), path)
             .await
-            .with_context(|| format!("reach the running instance at {}", self.base))?;
-        Self::check(response, path)
-            .await?
-            .json()
-            .await
-            .with_context(|| format!("read the answer of {path}"))
     }
 
     pub async fn post<T: DeserializeOwned>(
@@ -41,11 +31,20 @@ impl PanelClient {
         path: &str,
         body: &serde_json::Value,
     ) -> anyhow::Result<T> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
+        self.send(
+            self.http.post(format!("{}{path}", self.base)).json(body),
+            path,
+        )
+        .await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        path: &str,
+    ) -> anyhow::Result<T> {
+        let response = request
             .bearer_auth(&self.token)
-            .json(body)
             .send()
             .await
             .with_context(|| format!("reach the running instance at {}", self.base))?;
