@@ -26,38 +26,71 @@ use crate::TunnelError;
 pub enum HopResult {
     Ok,
     Failed(String),
-    /// An earlier hop failed, or there is nothing to check (no tunnel open).
+    /// An earlier hop failed, or there is nothing to check (no tunnel open, an API without a
+    /// health route, a broker the API is not configured with).
     NotChecked,
 }
 
-/// The end-to-end check: public URL → inspector proxy → Lookit API, each hop on its own so the
-/// user sees which one fails.
+/// The end-to-end check: public URL → inspector proxy → Lookit API → its database → its
+/// broker, each hop on its own so the user sees which one fails. Fields are in path order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HopCheck {
     pub public_url: HopResult,
     pub proxy: HopResult,
     pub api: HopResult,
+    pub database: HopResult,
+    pub broker: HopResult,
 }
 
 impl HopCheck {
-    pub fn all_ok(&self) -> bool {
-        [&self.public_url, &self.proxy, &self.api]
-            .iter()
-            .all(|h| **h == HopResult::Ok)
+    /// Every hop in path order: its key (the field name), its name for the user, its result.
+    pub fn hops(&self) -> [(&'static str, &'static str, &HopResult); 5] {
+        [
+            ("public_url", "public URL", &self.public_url),
+            ("proxy", "inspector proxy", &self.proxy),
+            ("api", "Lookit API", &self.api),
+            ("database", "database", &self.database),
+            ("broker", "broker", &self.broker),
+        ]
     }
 
-    /// The first failing hop, named for the user.
+    /// No hop failed and the tunnel's own hops (public URL, proxy, API) answered. The database
+    /// and broker may be unchecked: an API without a health route cannot report them.
+    pub fn all_ok(&self) -> bool {
+        let tunnel_hops = [&self.public_url, &self.proxy, &self.api];
+        tunnel_hops.iter().all(|h| **h == HopResult::Ok)
+            && !self
+                .hops()
+                .iter()
+                .any(|(_, _, h)| matches!(h, HopResult::Failed(_)))
+    }
+
+    /// The first failing hop along the path, named for the user.
     pub fn first_failure(&self) -> Option<String> {
-        [
-            ("inspector proxy", &self.proxy),
-            ("Lookit API", &self.api),
-            ("public URL", &self.public_url),
-        ]
-        .into_iter()
-        .find_map(|(hop, result)| match result {
-            HopResult::Failed(why) => Some(format!("{hop}: {why}")),
-            _ => None,
-        })
+        self.hops()
+            .into_iter()
+            .find_map(|(_, hop, result)| match result {
+                HopResult::Failed(why) => Some(format!("{hop}: {why}")),
+                _ => None,
+            })
+    }
+}
+
+/// What the API's health route says about the hops behind it.
+pub(crate) struct ApiHealth {
+    pub api: HopResult,
+    pub database: HopResult,
+    pub broker: HopResult,
+}
+
+impl ApiHealth {
+    /// The API did not answer (or not as the API): nothing behind it can be checked.
+    pub fn unreachable(why: String) -> Self {
+        ApiHealth {
+            api: HopResult::Failed(why),
+            database: HopResult::NotChecked,
+            broker: HopResult::NotChecked,
+        }
     }
 }
 
@@ -100,7 +133,7 @@ pub(crate) async fn check_hops(
 ) -> HopCheck {
     let nonce = &inspector.probe_nonce;
     let proxy_result = probe(client, &format!("http://{proxy}/"), nonce, timeout).await;
-    let api_result = inspector.check_api().await;
+    let health = inspector.check_api(timeout).await;
     let public_result = match (&proxy_result, public_url) {
         (Ok(()), Some(url)) => Some(probe(client, url, nonce, timeout).await),
         _ => None,
@@ -111,9 +144,11 @@ pub(crate) async fn check_hops(
         None => HopResult::NotChecked,
     };
     HopCheck {
-        proxy: hop(Some(proxy_result)),
-        api: hop(Some(api_result)),
         public_url: hop(public_result),
+        proxy: hop(Some(proxy_result)),
+        api: health.api,
+        database: health.database,
+        broker: health.broker,
     }
 }
 

@@ -18,12 +18,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use chrono::Utc;
 use lookit_status::TunnelStatus;
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use uuid::Uuid;
 
+use crate::guardian::{ApiHealth, HopResult};
 use crate::settings::{ApiTarget, InspectorSettings};
 use crate::store::{NewRecord, RecordedRequest, TunnelStore};
 use crate::TunnelError;
@@ -31,6 +33,10 @@ use crate::TunnelError;
 pub(crate) const REDACTED: &str = "[redacted]";
 /// Header carrying the guardian's probe nonce; answered by the proxy itself, never forwarded.
 pub(crate) const PROBE_HEADER: &str = "x-lookit-tunnel-probe";
+/// The Lookit API's health route; see [`HealthReport`].
+const HEALTH_PATH: &str = "/api/health/";
+/// The health report's `broker` when the API runs without one: nothing to check.
+const BROKER_NOT_CONFIGURED: &str = "not configured";
 /// Largest request body the proxy accepts (Pipe and Lambda webhooks are a few KiB).
 const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 
@@ -86,6 +92,13 @@ pub struct Inspector {
     /// The guardian's current status: the public URL's scheme becomes `X-Forwarded-Proto`.
     status: watch::Receiver<TunnelStatus>,
     pub(crate) probe_nonce: String,
+}
+
+/// The body of the API's health route: `"ok"` or why not, for each.
+#[derive(Deserialize)]
+struct HealthReport {
+    database: String,
+    broker: String,
 }
 
 /// One forwarded exchange.
@@ -296,16 +309,59 @@ impl Inspector {
         *self.session_id.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the API answers at all (any HTTP status counts), over the same client and
-    /// address the proxy forwards to.
-    pub(crate) async fn check_api(&self) -> Result<(), String> {
-        let url = format!("{}://{}/", self.api.base_url.scheme(), self.api_authority());
-        self.client.get(&url).send().await.map(|_| ()).map_err(|e| {
-            format!(
-                "the Lookit API at {} does not answer: {e}",
+    /// Asks the API's health route (`GET /api/health/`), over the same client and address the
+    /// proxy forwards to, whether it and its database and broker work. An API without that
+    /// route (404) is reachable, with its database and broker unchecked.
+    pub(crate) async fn check_api(&self, timeout: std::time::Duration) -> ApiHealth {
+        let url = format!(
+            "{}://{}{HEALTH_PATH}",
+            self.api.base_url.scheme(),
+            self.api_authority()
+        );
+        let response = match self.client.get(&url).timeout(timeout).send().await {
+            Ok(response) => response,
+            Err(e) => {
+                return ApiHealth::unreachable(format!(
+                    "the Lookit API at {} does not answer: {e}",
+                    self.api_authority()
+                ))
+            }
+        };
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return ApiHealth {
+                api: HopResult::Ok,
+                database: HopResult::NotChecked,
+                broker: HopResult::NotChecked,
+            };
+        }
+        // The health route answers 200 when all is well and 503 when something behind it is
+        // down; either way the body says what.
+        let report = match status {
+            StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE => {
+                let body = response.bytes().await.unwrap_or_default();
+                serde_json::from_slice::<HealthReport>(&body).ok()
+            }
+            _ => None,
+        };
+        let Some(report) = report else {
+            return ApiHealth::unreachable(format!(
+                "the Lookit API at {} answered {status} to {HEALTH_PATH} instead of its health report",
                 self.api_authority()
-            )
-        })
+            ));
+        };
+        ApiHealth {
+            api: HopResult::Ok,
+            database: match report.database.as_str() {
+                "ok" => HopResult::Ok,
+                _ => HopResult::Failed(report.database),
+            },
+            broker: match report.broker.as_str() {
+                "ok" => HopResult::Ok,
+                BROKER_NOT_CONFIGURED => HopResult::NotChecked,
+                _ => HopResult::Failed(report.broker),
+            },
+        }
     }
 
     fn api_authority(&self) -> String {

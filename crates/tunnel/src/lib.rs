@@ -242,7 +242,7 @@ impl Tunnel {
         Ok(self.store.sessions().await?)
     }
 
-    /// Checks public URL → proxy → API now, hop by hop.
+    /// Checks public URL → proxy → API → database → broker now, hop by hop.
     pub async fn check(&self) -> Result<HopCheck, TunnelError> {
         let running = self.running.lock().await;
         let running = running.as_ref().ok_or(TunnelError::NotRunning)?;

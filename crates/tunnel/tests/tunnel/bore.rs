@@ -256,6 +256,9 @@ async fn the_end_to_end_check_names_the_hop_that_fails() {
     world.share().await;
     let check = world.tunnel.check().await.unwrap();
     assert!(check.all_ok(), "{check:?}");
+    assert_eq!(check.database, HopResult::Ok);
+    assert_eq!(check.broker, HopResult::Ok);
+    assert_eq!(check.first_failure(), None);
 
     world.api_stop.cancel();
     // Wait for the stand-in API to be gone (its port refuses connections).
@@ -270,6 +273,9 @@ async fn the_end_to_end_check_names_the_hop_that_fails() {
     assert_eq!(check.public_url, HopResult::Ok);
     assert_eq!(check.proxy, HopResult::Ok);
     assert!(matches!(check.api, HopResult::Failed(_)), "{check:?}");
+    // Behind an API that does not answer, nothing can be checked.
+    assert_eq!(check.database, HopResult::NotChecked);
+    assert_eq!(check.broker, HopResult::NotChecked);
     assert!(check.first_failure().unwrap().starts_with("Lookit API"));
 
     // What a caller on the internet sees meanwhile: a clear 502, recorded.
@@ -279,6 +285,109 @@ async fn the_end_to_end_check_names_the_hop_that_fails() {
     let record = world.tunnel.inspector().recent(1).await.unwrap().remove(0);
     assert_eq!(record.status, None);
     assert!(record.error.unwrap().contains("did not answer"));
+}
+
+#[tokio::test]
+async fn the_end_to_end_check_names_a_database_the_api_cannot_reach() {
+    let world = World::new(InspectorSettings::default()).await;
+    world.share().await;
+    world
+        .api_health
+        .set("unreachable: connection refused (os error 111)", "ok");
+    let check = world.tunnel.check().await.unwrap();
+    assert_eq!(check.public_url, HopResult::Ok);
+    assert_eq!(check.proxy, HopResult::Ok);
+    assert_eq!(check.api, HopResult::Ok, "the API itself answers");
+    assert_eq!(
+        check.database,
+        HopResult::Failed("unreachable: connection refused (os error 111)".into())
+    );
+    assert_eq!(check.broker, HopResult::Ok);
+    assert!(!check.all_ok());
+    assert_eq!(
+        check.first_failure().as_deref(),
+        Some("database: unreachable: connection refused (os error 111)")
+    );
+    // The check's own requests are not requests through the tunnel.
+    assert!(world
+        .tunnel
+        .inspector()
+        .recent(10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn the_end_to_end_check_names_a_broker_the_api_cannot_reach() {
+    let world = World::new(InspectorSettings::default()).await;
+    world.share().await;
+    world
+        .api_health
+        .set("ok", "unreachable: no answer within 3 s");
+    let check = world.tunnel.check().await.unwrap();
+    assert_eq!(check.api, HopResult::Ok);
+    assert_eq!(check.database, HopResult::Ok);
+    assert_eq!(
+        check.broker,
+        HopResult::Failed("unreachable: no answer within 3 s".into())
+    );
+    assert!(!check.all_ok());
+    assert_eq!(
+        check.first_failure().as_deref(),
+        Some("broker: unreachable: no answer within 3 s")
+    );
+
+    // With both down, the database (earlier on the path) is named first.
+    world
+        .api_health
+        .set("unreachable: timed out", "unreachable: refused");
+    let check = world.tunnel.check().await.unwrap();
+    assert!(matches!(check.broker, HopResult::Failed(_)), "{check:?}");
+    assert_eq!(
+        check.first_failure().as_deref(),
+        Some("database: unreachable: timed out")
+    );
+
+    // An API run without a broker has none to check, and that is not a failure.
+    world.api_health.set("ok", "not configured");
+    let check = world.tunnel.check().await.unwrap();
+    assert_eq!(check.broker, HopResult::NotChecked);
+    assert!(check.all_ok(), "{check:?}");
+}
+
+#[tokio::test]
+async fn the_check_of_an_api_without_a_health_route_leaves_database_and_broker_unchecked() {
+    crate::common::install_crypto();
+    let db = crate::common::migrated_database().await;
+    let (api, _api_stop) =
+        crate::common::serve(axum::Router::new().route("/", axum::routing::get(|| async { "hi" })))
+            .await;
+    let bore = crate::common::BoreHost::start().await;
+    let target =
+        lookit_tunnel::ApiTarget::new(format!("http://{api}").parse().unwrap(), None).unwrap();
+    let tunnel =
+        lookit_tunnel::Tunnel::new(db.pool().await, target, InspectorSettings::default()).unwrap();
+    let settings = lookit_tunnel::TunnelSettings {
+        provider: lookit_tunnel::ProviderSettings::Bore {
+            server: bore.control.to_string().parse().unwrap(),
+            secret: None,
+        },
+        guardian: crate::common::fast_guardian(),
+    };
+    tunnel.start(settings, "ada@lab.example").await.unwrap();
+    let check = tunnel.check().await.unwrap();
+    assert_eq!(check.api, HopResult::Ok);
+    assert_eq!(check.database, HopResult::NotChecked);
+    assert_eq!(check.broker, HopResult::NotChecked);
+    assert!(check.all_ok(), "{check:?}");
+    let hops: Vec<&str> = check.hops().iter().map(|(key, _, _)| *key).collect();
+    assert_eq!(
+        hops,
+        ["public_url", "proxy", "api", "database", "broker"],
+        "hops are listed along the path"
+    );
+    tunnel.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -292,7 +401,7 @@ async fn a_bore_server_with_a_secret_refuses_a_client_without_one() {
         lookit_tunnel::BoreServer::new("127.0.0.1".parse().unwrap(), Some(&secret))
             .run(listener, stop.clone()),
     );
-    let (api, _, _api_stop) = crate::common::start_api().await;
+    let (api, _, _, _api_stop) = crate::common::start_api().await;
     use lookit_tunnel::TunnelProvider;
 
     let without = lookit_tunnel::BoreProvider::new(control.to_string().parse().unwrap(), None);

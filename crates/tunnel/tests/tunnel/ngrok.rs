@@ -12,7 +12,7 @@ use serde_json::Value;
 async fn without_an_authtoken_the_user_is_told_where_to_get_one() {
     crate::common::install_crypto();
     let db = crate::common::migrated_database().await;
-    let (api, _, _stop) = crate::common::start_api().await;
+    let (api, _, _, _stop) = crate::common::start_api().await;
     let target =
         lookit_tunnel::ApiTarget::new(format!("http://{api}").parse().unwrap(), None).unwrap();
     let tunnel =
@@ -54,7 +54,7 @@ async fn without_network_the_user_is_told_to_check_the_connection() {
         Some("127.0.0.1:1".into()),
     )
     .unwrap();
-    let (api, _, _stop) = crate::common::start_api().await;
+    let (api, _, _, _stop) = crate::common::start_api().await;
     let err = provider
         .open(api)
         .await
@@ -92,7 +92,7 @@ async fn with_an_authtoken_ngrok_serves_the_api_at_a_public_url() {
         return;
     };
     crate::common::install_crypto();
-    let (api, log, _stop) = crate::common::start_api().await;
+    let (api, log, _, _stop) = crate::common::start_api().await;
     let provider = NgrokProvider::new(Some(authtoken), None, None).unwrap();
     let tunnel = provider.open(api).await.unwrap();
     let url = tunnel.public_url().clone();

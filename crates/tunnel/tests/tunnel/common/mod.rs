@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::Json;
 use lookit_status::TunnelStatus;
 use lookit_testkit::TestDatabase;
@@ -73,16 +73,51 @@ pub async fn serve(router: axum::Router) -> (SocketAddr, CancellationToken) {
     (addr, stop)
 }
 
-fn api_router(log: &ApiLog) -> axum::Router {
+/// What the stand-in API's health route reports, as the real API's `GET /api/health/` does:
+/// `"ok"` or why not for the database and the broker, 200 when both are ok, else 503.
+#[derive(Clone)]
+pub struct ApiHealth(Arc<Mutex<(String, String)>>);
+
+impl Default for ApiHealth {
+    fn default() -> Self {
+        ApiHealth(Arc::new(Mutex::new(("ok".into(), "ok".into()))))
+    }
+}
+
+impl ApiHealth {
+    pub fn set(&self, database: &str, broker: &str) {
+        *self.0.lock().unwrap() = (database.into(), broker.into());
+    }
+}
+
+async fn api_health(State(health): State<ApiHealth>) -> (StatusCode, Json<Value>) {
+    let (database, broker) = health.0.lock().unwrap().clone();
+    let status = if database == "ok" && broker == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "database": database, "broker": broker })),
+    )
+}
+
+fn api_router(log: &ApiLog, health: &ApiHealth) -> axum::Router {
+    let health = axum::Router::new()
+        .route("/api/health/", axum::routing::get(api_health))
+        .with_state(health.clone());
     axum::Router::new()
         .fallback(api_echo)
         .with_state(log.clone())
+        .merge(health)
 }
 
-pub async fn start_api() -> (SocketAddr, ApiLog, CancellationToken) {
+pub async fn start_api() -> (SocketAddr, ApiLog, ApiHealth, CancellationToken) {
     let log = ApiLog::default();
-    let (addr, stop) = serve(api_router(&log)).await;
-    (addr, log, stop)
+    let health = ApiHealth::default();
+    let (addr, stop) = serve(api_router(&log, &health)).await;
+    (addr, log, health, stop)
 }
 
 /// The stand-in API over HTTPS with a certificate for 127.0.0.1 signed by a fresh CA, as the
@@ -107,7 +142,7 @@ pub async fn start_https_api() -> (SocketAddr, ApiLog, Vec<u8>) {
     let addr = listener.local_addr().unwrap();
     let log = ApiLog::default();
     let server = axum_server::from_tcp_rustls(listener, config).unwrap();
-    let app = api_router(&log).into_make_service();
+    let app = api_router(&log, &ApiHealth::default()).into_make_service();
     tokio::spawn(async move { server.serve(app).await.unwrap() });
     (addr, log, ca.pem().into_bytes())
 }
@@ -150,6 +185,7 @@ pub struct World {
     pub tunnel: Tunnel,
     pub api: SocketAddr,
     pub api_log: ApiLog,
+    pub api_health: ApiHealth,
     pub api_stop: CancellationToken,
     pub bore: BoreHost,
 }
@@ -183,7 +219,7 @@ impl World {
     pub async fn new(inspector: InspectorSettings) -> World {
         install_crypto();
         let db = migrated_database().await;
-        let (api, api_log, api_stop) = start_api().await;
+        let (api, api_log, api_health, api_stop) = start_api().await;
         let bore = BoreHost::start().await;
         let target = ApiTarget::new(format!("http://{api}").parse().unwrap(), None).unwrap();
         let tunnel = Tunnel::new(db.pool().await, target, inspector).unwrap();
@@ -192,6 +228,7 @@ impl World {
             tunnel,
             api,
             api_log,
+            api_health,
             api_stop,
             bore,
         }
