@@ -84,12 +84,14 @@ ensure_tauri_driver() {
 start_xvfb() {
   export DISPLAY=${LOOKIT_TEST_DISPLAY:-:99}
   export WEBKIT_DISABLE_COMPOSITING_MODE=1
-  if xdpyinfo >/dev/null 2>&1 || [ -e "/tmp/.X11-unix/X${DISPLAY#:}" ]; then return 0; fi
+  xdpyinfo >/dev/null 2>&1 && return 0
+  # A server killed earlier leaves its lock and socket behind, and Xvfb refuses to start then.
+  rm -f "/tmp/.X${DISPLAY#:}-lock" "/tmp/.X11-unix/X${DISPLAY#:}"
   Xvfb "$DISPLAY" -screen 0 1280x900x24 -nolisten tcp >"$LOOKIT_CACHE/xvfb.log" 2>&1 &
   XVFB_PID=$!
   local deadline=$((SECONDS + 20))
-  until [ -e "/tmp/.X11-unix/X${DISPLAY#:}" ]; do
-    [ "$SECONDS" -lt "$deadline" ] || return 1
+  until xdpyinfo >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || { cat "$LOOKIT_CACHE/xvfb.log"; return 1; }
     sleep 0.2
   done
 }
