@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::control_plane::{
     BuildAction, BuildSummary, ControlPlane, DeadLetter, DeadLetterAction, DoctorCheck,
     InspectedRequest, PanelEvent, ServiceAction, ServiceName, StackAction, TunnelAction,
-    TunnelOptions,
+    TunnelCheck, TunnelOptions,
 };
 use crate::error::ApiError;
 
@@ -44,6 +44,7 @@ pub fn routes(state: ApiState) -> Router {
         .route("/stack/{action}", post(stack_action))
         .route("/services/{service}/logs", get(logs))
         .route("/services/{service}/{action}", post(service_action))
+        .route("/tunnel/check", get(tunnel_check))
         .route("/tunnel/requests", get(tunnel_requests))
         .route("/tunnel/requests/{id}/replay", post(replay_request))
         .route("/tunnel/{action}", post(tunnel_action))
@@ -186,6 +187,10 @@ async fn tunnel_action(
     };
     state.control.tunnel_action(action, options).await?;
     Ok(done())
+}
+
+async fn tunnel_check(State(state): State<ApiState>) -> Result<Json<TunnelCheck>, ApiError> {
+    Ok(Json(state.control.tunnel_check().await?))
 }
 
 async fn tunnel_requests(

@@ -56,6 +56,11 @@ pub trait ControlPlane: Send + Sync + 'static {
         Err(ActionError::NotAvailable("the tunnel inspector".into()))
     }
 
+    /// Checks the open tunnel end to end now: public URL → proxy → API → database → broker.
+    async fn tunnel_check(&self) -> Result<TunnelCheck, ActionError> {
+        Err(ActionError::NotAvailable("the tunnel check".into()))
+    }
+
     /// Study builds, newest first.
     async fn builds(&self) -> Result<Vec<BuildSummary>, ActionError> {
         Err(ActionError::NotAvailable("builds".into()))
@@ -266,6 +271,38 @@ pub struct InspectedRequest {
     pub path: String,
     pub status: Option<u16>,
     pub duration_ms: Option<u64>,
+}
+
+/// The tunnel's end-to-end check, one hop after the other along the path a request from the
+/// internet takes (public URL, inspector proxy, Lookit API, database, broker).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelCheck {
+    /// No hop failed and the tunnel's own hops answered.
+    pub ok: bool,
+    /// The first failing hop and why, as the user should read it.
+    pub first_failure: Option<String>,
+    pub hops: Vec<TunnelHop>,
+}
+
+/// One hop of [`TunnelCheck`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelHop {
+    /// Stable key: `public_url`, `proxy`, `api`, `database` or `broker`.
+    pub hop: String,
+    /// The hop's name for the user, e.g. `public URL`.
+    pub label: String,
+    pub result: HopOutcome,
+    /// Why it failed, when it did.
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HopOutcome {
+    Ok,
+    Failed,
+    /// An earlier hop failed, or there is nothing to check there.
+    NotChecked,
 }
 
 /// One prerequisite checked by the doctor.

@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use control_plane::{
     ActionError, BuildAction, BuildSummary, ControlPlane, DeadLetter, DeadLetterAction,
-    DoctorCheck, InspectedRequest, InvalidServiceName, NotificationLevel, PanelEvent,
-    ServiceAction, ServiceName, StackAction, TunnelAction, TunnelOptions,
+    DoctorCheck, HopOutcome, InspectedRequest, InvalidServiceName, NotificationLevel, PanelEvent,
+    ServiceAction, ServiceName, StackAction, TunnelAction, TunnelCheck, TunnelHop, TunnelOptions,
 };
 
 /// What the panel serves: the instance it controls and the token clients must present.

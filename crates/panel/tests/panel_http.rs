@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lookit_panel::{
-    ActionError, ControlPlane, NotificationLevel, PanelEvent, PanelState, ServiceAction,
-    ServiceName, StackAction,
+    ActionError, ControlPlane, HopOutcome, NotificationLevel, PanelEvent, PanelState,
+    ServiceAction, ServiceName, StackAction, TunnelCheck, TunnelHop,
 };
 use lookit_status::{ServiceState, ServiceStatus, StatusReport};
 use reqwest::StatusCode;
@@ -22,6 +22,8 @@ struct TestInstance {
     report: Mutex<StatusReport>,
     events: broadcast::Sender<PanelEvent>,
     shutdown_requested: Mutex<Option<oneshot::Sender<()>>>,
+    /// What the tunnel check answers; the tunnel starts closed.
+    tunnel_check: Mutex<Result<TunnelCheck, ActionError>>,
 }
 
 impl TestInstance {
@@ -47,6 +49,9 @@ impl TestInstance {
             report: Mutex::new(report),
             events: broadcast::channel(64).0,
             shutdown_requested: Mutex::new(Some(shutdown)),
+            tunnel_check: Mutex::new(Err(ActionError::Conflict(
+                "the tunnel is not open: share first".into(),
+            ))),
         }
     }
 
@@ -120,6 +125,10 @@ impl ControlPlane for TestInstance {
         }
         let lines: Vec<String> = (1..=3).map(|n| format!("{service} line {n}")).collect();
         Ok(lines[lines.len().saturating_sub(tail)..].to_vec())
+    }
+
+    async fn tunnel_check(&self) -> Result<TunnelCheck, ActionError> {
+        self.tunnel_check.lock().unwrap().clone()
     }
 
     async fn shutdown(&self) {
@@ -450,6 +459,70 @@ async fn parts_not_built_yet_say_so_instead_of_inventing_data() {
             .unwrap()
             .contains("not available yet"));
     }
+    panel.stop().await;
+}
+
+#[tokio::test]
+async fn the_tunnel_check_names_each_hop_and_the_first_that_fails() {
+    let panel = start_panel().await;
+    let (status, body) = json(panel.get("/api/tunnel/check").send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("share first"));
+
+    let hop = |hop: &str, label: &str, result: HopOutcome, detail: Option<&str>| TunnelHop {
+        hop: hop.into(),
+        label: label.into(),
+        result,
+        detail: detail.map(Into::into),
+    };
+    *panel.instance.tunnel_check.lock().unwrap() = Ok(TunnelCheck {
+        ok: false,
+        first_failure: Some("database: unreachable: connection refused".into()),
+        hops: vec![
+            hop("public_url", "public URL", HopOutcome::Ok, None),
+            hop("proxy", "inspector proxy", HopOutcome::Ok, None),
+            hop("api", "Lookit API", HopOutcome::Ok, None),
+            hop(
+                "database",
+                "database",
+                HopOutcome::Failed,
+                Some("unreachable: connection refused"),
+            ),
+            hop("broker", "broker", HopOutcome::NotChecked, None),
+        ],
+    });
+    let (status, body) = json(panel.get("/api/tunnel/check").send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["ok"], false);
+    assert_eq!(
+        body["first_failure"],
+        "database: unreachable: connection refused"
+    );
+    let hops: Vec<(&str, &str)> = body["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["hop"].as_str().unwrap(), h["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        hops,
+        [
+            ("public_url", "ok"),
+            ("proxy", "ok"),
+            ("api", "ok"),
+            ("database", "failed"),
+            ("broker", "not_checked"),
+        ]
+    );
+    assert_eq!(body["hops"][3]["detail"], "unreachable: connection refused");
+    // The check is read-only: it needs the token like every API route.
+    let anonymous = panel
+        .http
+        .get(format!("{}/api/tunnel/check", panel.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     panel.stop().await;
 }
 
