@@ -9,8 +9,8 @@ use anyhow::{bail, Context};
 
 use lookit_config::Secrets;
 use lookit_config::{Config, Home};
-use lookit_control::{InstanceRecord, PanelClient, ServiceAddresses};
-use lookit_status::StatusReport;
+use lookit_control::{InstanceRecord, PanelClient, ServiceAddresses, TunnelCheck};
+use lookit_status::{StatusReport, TunnelState};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::{AdminAction, CertsAction, Command, ConfigAction, DemoAction, Outcome, TunnelAction};
@@ -252,10 +252,22 @@ async fn tunnel(home: &Home, action: TunnelAction) -> anyhow::Result<Outcome> {
         }
         TunnelAction::Status { json } => {
             let report: StatusReport = panel.get("/api/status").await?;
+            // Only an open (or reconnecting) tunnel has hops to check.
+            let check: Option<TunnelCheck> = match report.tunnel.state {
+                TunnelState::Open | TunnelState::Reconnecting => Some(
+                    panel
+                        .get("/api/tunnel/check")
+                        .await
+                        .context("check the tunnel end to end")?,
+                ),
+                _ => None,
+            };
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "tunnel": report.tunnel }))?
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "tunnel": report.tunnel, "check": check })
+                    )?
                 );
             } else {
                 println!(
@@ -267,6 +279,9 @@ async fn tunnel(home: &Home, action: TunnelAction) -> anyhow::Result<Outcome> {
                         .map(|u| format!(" at {u}"))
                         .unwrap_or_default()
                 );
+                if let Some(check) = &check {
+                    print!("{}", lookit_control::render_tunnel_check(check));
+                }
             }
         }
     }

@@ -15,11 +15,15 @@ use tokio_util::sync::CancellationToken;
 
 use lookit_api::{tls::LocalCa, ApiSettings, ApiState, PublicUrl};
 use lookit_config::{Secrets, TunnelConfig, TunnelProviderChoice};
-use lookit_panel::{ActionError, InspectedRequest, NotificationLevel, PanelEvent, ServiceAction};
+use lookit_panel::{
+    ActionError, HopOutcome, InspectedRequest, NotificationLevel, PanelEvent, ServiceAction,
+    TunnelCheck, TunnelHop,
+};
 use lookit_stack::Connections;
 use lookit_status::{Endpoint, ServiceState, ServiceStatus, StatusReport, TunnelState};
 use lookit_tunnel::{
-    ApiTarget, GuardianSettings, InspectorSettings, ProviderSettings, Tunnel, TunnelSettings,
+    ApiTarget, GuardianSettings, HopResult, InspectorSettings, ProviderSettings, Tunnel,
+    TunnelSettings,
 };
 use lookit_worker::{WorkerEvent, WorkerSettings};
 
@@ -233,6 +237,38 @@ impl Apps {
             .stop()
             .await
             .map_err(|e| ActionError::Failed(e.to_string()))
+    }
+
+    /// The open tunnel's end-to-end check, hop by hop along the path.
+    pub(crate) async fn tunnel_check(&self) -> Result<TunnelCheck, ActionError> {
+        let check = self.tunnel.check().await.map_err(|e| match e {
+            lookit_tunnel::TunnelError::NotRunning => {
+                ActionError::Conflict("the tunnel is not open: share first, then check it".into())
+            }
+            other => ActionError::Failed(other.to_string()),
+        })?;
+        let hops = check
+            .hops()
+            .into_iter()
+            .map(|(hop, label, result)| {
+                let (result, detail) = match result {
+                    HopResult::Ok => (HopOutcome::Ok, None),
+                    HopResult::Failed(why) => (HopOutcome::Failed, Some(why.clone())),
+                    HopResult::NotChecked => (HopOutcome::NotChecked, None),
+                };
+                TunnelHop {
+                    hop: hop.into(),
+                    label: label.into(),
+                    result,
+                    detail,
+                }
+            })
+            .collect();
+        Ok(TunnelCheck {
+            ok: check.all_ok(),
+            first_failure: check.first_failure(),
+            hops,
+        })
     }
 
     /// The inspector's most recent requests, newest first.

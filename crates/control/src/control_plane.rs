@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use lookit_config::{Config, Home, Secrets};
 use lookit_panel::{
     ActionError, ControlPlane, DoctorCheck, InspectedRequest, NotificationLevel, PanelEvent,
-    ServiceAction, ServiceName, StackAction, TunnelAction, TunnelOptions,
+    ServiceAction, ServiceName, StackAction, TunnelAction, TunnelCheck, TunnelOptions,
 };
 use lookit_stack::{Stack, StackError, StackEvent, StepOutcome};
 use lookit_status::{Endpoint, ServiceState, ServiceStatus, StatusReport};
@@ -408,6 +408,15 @@ impl ControlPlane for InstanceCore {
         match &*self.apps.read().await {
             Some(apps) => apps.tunnel_requests().await,
             None => Ok(Vec::new()),
+        }
+    }
+
+    async fn tunnel_check(&self) -> Result<TunnelCheck, ActionError> {
+        match &*self.apps.read().await {
+            Some(apps) => apps.tunnel_check().await,
+            None => Err(ActionError::Conflict(
+                "the API is not running; start the stack and share first".into(),
+            )),
         }
     }
 

@@ -20,8 +20,10 @@ pub mod telemetry;
 pub use commands::{lookit_env, purge, status, wait_for_exit, ServiceAddresses};
 pub use instance::{run_foreground, Instance, InstanceOptions};
 pub use instance_record::{InstanceRecord, RecordGuard};
+/// The panel API's answer to `GET /api/tunnel/check`, for commands that read it.
+pub use lookit_panel::TunnelCheck;
 pub use panel_client::PanelClient;
-pub use render::render_status;
+pub use render::{render_status, render_tunnel_check};
 
 pub use doctor::render as render_doctor;
 /// Every prerequisite, with the problem and the command that fixes it.

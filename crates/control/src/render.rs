@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use lookit_panel::{HopOutcome, TunnelCheck};
 use lookit_status::{ServiceState, StatusReport, TunnelState};
 
 /// `lookit-local status` without `--json`: one line per service and queue, then the URLs.
@@ -71,6 +72,30 @@ pub fn render_status(report: &StatusReport) -> String {
     out
 }
 
+/// `lookit-local tunnel status`: the end-to-end check, one line per hop along the path.
+pub fn render_tunnel_check(check: &TunnelCheck) -> String {
+    let mut out = String::new();
+    let headline = match &check.first_failure {
+        None if check.ok => "End-to-end check passed".to_string(),
+        None => "End-to-end check incomplete".to_string(),
+        Some(failure) => format!("End-to-end check FAILED at {failure}"),
+    };
+    let _ = writeln!(out, "{headline}");
+    for hop in &check.hops {
+        let result = match hop.result {
+            HopOutcome::Ok => "ok",
+            HopOutcome::Failed => "FAILED",
+            HopOutcome::NotChecked => "not checked",
+        };
+        let _ = write!(out, "  {:<16} {result}", hop.label);
+        if let Some(detail) = &hop.detail {
+            let _ = write!(out, ": {detail}");
+        }
+        let _ = writeln!(out);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +137,33 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Tunnel:    off"), "{text}");
+    }
+
+    #[test]
+    fn the_tunnel_check_names_the_failing_hop_and_why() {
+        let hop = |key: &str, result: HopOutcome, detail: Option<&str>| lookit_panel::TunnelHop {
+            hop: key.into(),
+            label: key.into(),
+            result,
+            detail: detail.map(Into::into),
+        };
+        let check = TunnelCheck {
+            ok: false,
+            first_failure: Some("broker: unreachable: refused".into()),
+            hops: vec![
+                hop("api", HopOutcome::Ok, None),
+                hop("broker", HopOutcome::Failed, Some("unreachable: refused")),
+            ],
+        };
+        let text = render_tunnel_check(&check);
+        assert!(
+            text.starts_with("End-to-end check FAILED at broker: unreachable: refused"),
+            "{text}"
+        );
+        assert!(text.contains("  api              ok\n"), "{text}");
+        assert!(
+            text.contains("  broker           FAILED: unreachable: refused\n"),
+            "{text}"
+        );
     }
 }
