@@ -81,6 +81,23 @@ export interface InspectedRequest {
   duration_ms: number | null;
 }
 
+/** One hop of the tunnel's end-to-end check (`GET /api/tunnel/check`). */
+export interface TunnelHop {
+  /** `public_url`, `proxy`, `api`, `database` or `broker`. */
+  hop: string;
+  label: string;
+  result: 'ok' | 'failed' | 'not_checked';
+  /** Why it failed, when it did. */
+  detail: string | null;
+}
+
+/** The tunnel's end-to-end check, hops in the order a request from the internet takes them. */
+export interface TunnelCheck {
+  ok: boolean;
+  first_failure: string | null;
+  hops: TunnelHop[];
+}
+
 export interface DoctorCheck {
   name: string;
   ok: boolean;
