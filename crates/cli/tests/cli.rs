@@ -213,6 +213,16 @@ fn up_status_env_and_down_on_the_native_backend() {
         .unwrap()
         .starts_with("https://localhost:"));
     assert_eq!(status["tunnel"]["state"], "off");
+    // A closed tunnel has no hops to check: `check` is there, and null.
+    let (ok, json, stderr) = output(lookit(home.path()).args(["tunnel", "status", "--json"]));
+    assert!(ok, "{stderr}");
+    let tunnel: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(tunnel["tunnel"]["state"], "off", "{json}");
+    assert_eq!(
+        tunnel.get("check"),
+        Some(&serde_json::Value::Null),
+        "{json}"
+    );
 
     // `env` gives the real (possibly moved) ports, and they accept the provisioned role.
     let (ok, env, _) = output(lookit(home.path()).args(["env"]));
