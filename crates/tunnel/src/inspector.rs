@@ -320,10 +320,20 @@ impl Inspector {
         );
         let response = match self.client.get(&url).timeout(timeout).send().await {
             Ok(response) => response,
+            // The API took the request but its health route waits on something behind it.
+            Err(e) if e.is_timeout() => {
+                return ApiHealth::unreachable(format!(
+                    "the Lookit API at {} did not answer its health route within {} s: its \
+                     database or broker may be hanging",
+                    self.api_authority(),
+                    timeout.as_secs()
+                ))
+            }
             Err(e) => {
                 return ApiHealth::unreachable(format!(
-                    "the Lookit API at {} does not answer: {e}",
-                    self.api_authority()
+                    "the Lookit API at {} does not answer: {}",
+                    self.api_authority(),
+                    error_chain(&e)
                 ))
             }
         };
@@ -406,6 +416,18 @@ impl Inspector {
             })
             .collect()
     }
+}
+
+/// An error with its causes (`reqwest` shows only the outermost, "error sending request").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

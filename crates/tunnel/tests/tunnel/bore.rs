@@ -391,6 +391,45 @@ async fn the_check_of_an_api_without_a_health_route_leaves_database_and_broker_u
 }
 
 #[tokio::test]
+async fn an_api_whose_health_route_hangs_is_named_with_what_may_hang_behind_it() {
+    crate::common::install_crypto();
+    let db = crate::common::migrated_database().await;
+    // As the real API does while its database is down: the health route waits on the pool.
+    let (api, _api_stop) = crate::common::serve(axum::Router::new().route(
+        "/api/health/",
+        axum::routing::get(|| std::future::pending::<&'static str>()),
+    ))
+    .await;
+    let bore = crate::common::BoreHost::start().await;
+    let target =
+        lookit_tunnel::ApiTarget::new(format!("http://{api}").parse().unwrap(), None).unwrap();
+    let tunnel =
+        lookit_tunnel::Tunnel::new(db.pool().await, target, InspectorSettings::default()).unwrap();
+    let settings = lookit_tunnel::TunnelSettings {
+        provider: lookit_tunnel::ProviderSettings::Bore {
+            server: bore.control.to_string().parse().unwrap(),
+            secret: None,
+        },
+        guardian: lookit_tunnel::GuardianSettings {
+            probe_timeout: Duration::from_secs(1),
+            ..crate::common::fast_guardian()
+        },
+    };
+    tunnel.start(settings, "ada@lab.example").await.unwrap();
+    let check = tunnel.check().await.unwrap();
+    assert_eq!(check.public_url, HopResult::Ok);
+    assert_eq!(check.database, HopResult::NotChecked);
+    let failure = check.first_failure().unwrap();
+    assert!(
+        failure.starts_with("Lookit API: ")
+            && failure.contains("did not answer its health route within 1 s")
+            && failure.contains("database or broker may be hanging"),
+        "{failure}"
+    );
+    tunnel.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_bore_server_with_a_secret_refuses_a_client_without_one() {
     crate::common::install_crypto();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
