@@ -140,7 +140,18 @@ pub async fn run(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    serve(listener, tls, router(state), shutdown).await
+}
+
+/// Serves `app` (the API's [`router`], possibly with extra routes: the benchmark mounts a bare
+/// one) exactly as [`run`] does.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<TlsConfig>,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let listener = listener.into_std().context("take over the listener")?;
     let handle = axum_server::Handle::new();
     let on_shutdown = handle.clone();
