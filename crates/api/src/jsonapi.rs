@@ -1,11 +1,12 @@
 //! The JSON:API of §7 under `/api/v1/`, as the frameplayer uses it: resource `id` is the uuid,
 //! attribute `pk` the numeric id, attribute names underscored, pages of [`PAGE_SIZE`], errors as
-//! JSON:API error objects. Read-only except `responses` (POST, PUT, PATCH) and `video` (the
-//! Lambda, in [`crate::video`]).
+//! JSON:API error objects. Read-only except `responses` (POST, PUT, PATCH), `feedback` (POST,
+//! researchers) and `video` (the Lambda, in [`crate::video`]).
 //!
 //! Who sees what: a participant sees their own user, children and responses; a researcher with
 //! an activated authenticator also sees the responses (and responding children) of their labs'
-//! studies; staff see everything. Studies listed are the active ones; labs the approved ones.
+//! studies; staff see everything. Demographic data is only ever the caller's own; feedback is
+//! seen by whoever sees its response. Studies listed are the active ones; labs the approved ones.
 
 use std::collections::HashMap;
 
@@ -880,6 +881,264 @@ async fn responses_put(
     update_response(&state, &user, id, &body).await
 }
 
+// ---- demographics ------------------------------------------------------------------------
+
+#[derive(sqlx::FromRow)]
+struct DemographicsRow {
+    id: Uuid,
+    pk: i64,
+    user_id: Uuid,
+    country: String,
+    state: String,
+    density: String,
+    languages_spoken_at_home: String,
+    number_of_children: String,
+    child_birthdays: Vec<NaiveDate>,
+    number_of_guardians: String,
+    race_identification: Vec<String>,
+    age: String,
+    gender: String,
+    education_level: String,
+    annual_income: String,
+    number_of_books: Option<i32>,
+    additional_comments: String,
+    lookit_referrer: String,
+    extra: Value,
+    created_at: DateTime<Utc>,
+    #[sqlx(default)]
+    total: i64,
+}
+
+impl DemographicsRow {
+    fn resource(&self) -> Value {
+        json!({
+            "type": "demographics",
+            "id": self.id,
+            "attributes": {
+                "pk": self.pk,
+                "country": self.country,
+                "state": self.state,
+                "density": self.density,
+                "languages_spoken_at_home": self.languages_spoken_at_home,
+                "number_of_children": self.number_of_children,
+                "child_birthdays": self.child_birthdays,
+                "number_of_guardians": self.number_of_guardians,
+                "race_identification": self.race_identification,
+                "age": self.age,
+                "gender": self.gender,
+                "education_level": self.education_level,
+                "annual_income": self.annual_income,
+                "number_of_books": self.number_of_books,
+                "additional_comments": self.additional_comments,
+                "lookit_referrer": self.lookit_referrer,
+                "extra": self.extra,
+                "date_created": self.created_at,
+            },
+            "relationships": {"user": relation("users", self.user_id)},
+            "links": {"self": format!("{BASE}/demographics/{}/", self.id)},
+        })
+    }
+}
+
+const DEMOGRAPHICS_COLUMNS: &str = "d.id, d.pk, d.user_id, d.country, d.state, d.density, \
+    d.languages_spoken_at_home, d.number_of_children, d.child_birthdays, d.number_of_guardians, \
+    d.race_identification, d.age, d.gender, d.education_level, d.annual_income, \
+    d.number_of_books, d.additional_comments, d.lookit_referrer, d.extra, d.created_at";
+
+#[utoipa::path(get, path = "/demographics/", tag = "jsonapi", params(("page" = Option<i64>, Query)),
+    responses((status = 200, description = "the caller's own demographic snapshots, oldest first")))]
+async fn demographics_list(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    Query(params): Query<Params>,
+) -> ApiResult<Document> {
+    let page = page(&params)?;
+    let rows: Vec<DemographicsRow> = sqlx::query_as(&format!(
+        "SELECT {DEMOGRAPHICS_COLUMNS}, count(*) OVER () AS total FROM demographics d \
+         WHERE d.user_id = $1 ORDER BY d.pk LIMIT {PAGE_SIZE} OFFSET $2"
+    ))
+    .bind(user.id)
+    .bind(offset(page))
+    .fetch_all(state.pool())
+    .await?;
+    let total = rows.first().map_or(0, |r| r.total);
+    list_document(
+        "/demographics/",
+        page,
+        total,
+        rows.iter().map(DemographicsRow::resource).collect(),
+    )
+}
+
+#[utoipa::path(get, path = "/demographics/{id}/", tag = "jsonapi", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "one of the caller's demographic snapshots"),
+              (status = 404, description = "not found or someone else's")))]
+async fn demographics_get(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Document> {
+    let row: DemographicsRow = sqlx::query_as(&format!(
+        "SELECT {DEMOGRAPHICS_COLUMNS} FROM demographics d WHERE d.user_id = $1 AND d.id = $2"
+    ))
+    .bind(user.id)
+    .bind(id)
+    .fetch_optional(state.pool())
+    .await?
+    .ok_or_else(|| ApiError::not_found("demographic data"))?;
+    Ok(single_document(StatusCode::OK, row.resource()))
+}
+
+// ---- feedback ----------------------------------------------------------------------------
+
+#[derive(sqlx::FromRow)]
+struct FeedbackRow {
+    id: Uuid,
+    pk: i64,
+    response_id: Uuid,
+    researcher_id: Uuid,
+    comment: String,
+    created_at: DateTime<Utc>,
+    #[sqlx(default)]
+    total: i64,
+}
+
+impl FeedbackRow {
+    fn resource(&self) -> Value {
+        json!({
+            "type": "feedback",
+            "id": self.id,
+            "attributes": {
+                "pk": self.pk,
+                "comment": self.comment,
+                "date_created": self.created_at,
+            },
+            "relationships": {
+                "response": relation("responses", self.response_id),
+                "researcher": relation("users", self.researcher_id),
+            },
+            "links": {"self": format!("{BASE}/feedback/{}/", self.id)},
+        })
+    }
+}
+
+const FEEDBACK_COLUMNS: &str =
+    "f.id, f.pk, f.response_id, f.researcher_id, f.comment, f.created_at";
+/// Feedback is seen by whoever sees its response (the participant, the lab's researchers, staff).
+const FEEDBACK_VISIBLE: &str = "f.response_id IN (SELECT r.id FROM responses r WHERE \
+    (r.child_id IN (SELECT id FROM children WHERE user_id = $1) OR $3 OR ($2 AND r.study_id IN \
+    (SELECT s.id FROM studies s JOIN lab_researchers lr ON lr.lab_id = s.lab_id \
+    WHERE lr.user_id = $1))))";
+
+#[utoipa::path(get, path = "/feedback/", tag = "jsonapi",
+    params(("page" = Option<i64>, Query), ("response" = Option<Uuid>, Query)),
+    responses((status = 200, description = "feedback on responses the caller may see")))]
+async fn feedback_list(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    Query(params): Query<Params>,
+) -> ApiResult<Document> {
+    let scope = Scope::of(&user);
+    let page = page(&params)?;
+    let response = uuid_filter(&params, "response")?;
+    let rows: Vec<FeedbackRow> = sqlx::query_as(&format!(
+        "SELECT {FEEDBACK_COLUMNS}, count(*) OVER () AS total FROM feedback f \
+         WHERE {FEEDBACK_VISIBLE} AND ($4::uuid IS NULL OR f.response_id = $4) \
+         ORDER BY f.pk LIMIT {PAGE_SIZE} OFFSET $5"
+    ))
+    .bind(scope.user_id)
+    .bind(scope.researcher)
+    .bind(scope.staff)
+    .bind(response)
+    .bind(offset(page))
+    .fetch_all(state.pool())
+    .await?;
+    let total = rows.first().map_or(0, |r| r.total);
+    list_document(
+        "/feedback/",
+        page,
+        total,
+        rows.iter().map(FeedbackRow::resource).collect(),
+    )
+}
+
+#[utoipa::path(get, path = "/feedback/{id}/", tag = "jsonapi", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "one piece of feedback"), (status = 404, description = "not found")))]
+async fn feedback_get(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Document> {
+    let scope = Scope::of(&user);
+    let row: FeedbackRow = sqlx::query_as(&format!(
+        "SELECT {FEEDBACK_COLUMNS} FROM feedback f WHERE {FEEDBACK_VISIBLE} AND f.id = $4"
+    ))
+    .bind(scope.user_id)
+    .bind(scope.researcher)
+    .bind(scope.staff)
+    .bind(id)
+    .fetch_optional(state.pool())
+    .await?
+    .ok_or_else(|| ApiError::not_found("feedback"))?;
+    Ok(single_document(StatusCode::OK, row.resource()))
+}
+
+#[utoipa::path(post, path = "/feedback/", tag = "jsonapi",
+    request_body(content = Object, description = "JSON:API document of type feedback with attribute comment and relationship response"),
+    responses((status = 201, description = "the feedback was recorded"),
+              (status = 400, description = "missing comment or a response outside the caller's labs"),
+              (status = 403, description = "the caller is not a researcher with an activated authenticator"),
+              (status = 409, description = "wrong resource type")))]
+async fn feedback_create(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    Json(body): Json<Value>,
+) -> ApiResult<Document> {
+    let scope = Scope::of(&user);
+    if !scope.researcher {
+        return Err(ApiError::Forbidden(
+            "only researchers with an activated authenticator give feedback".into(),
+        ));
+    }
+    let data = resource_data(&body, "feedback")?;
+    let attributes = attributes(data)?;
+    if let Some(key) = attributes
+        .keys()
+        .find(|k| !["comment", "pk"].contains(&k.as_str()))
+    {
+        return Err(ApiError::bad_request(format!(
+            "unknown attribute {key}; feedback accepts comment"
+        )));
+    }
+    let comment = match attributes.get("comment") {
+        Some(Value::String(c)) if !c.trim().is_empty() => c.clone(),
+        Some(Value::String(_)) | None => {
+            return Err(ApiError::bad_request(
+                "attribute comment is missing or empty",
+            ))
+        }
+        Some(_) => return Err(ApiError::bad_request("attribute comment must be a string")),
+    };
+    let response_id = related_id(data, "response")?;
+    // Researchers write feedback on their labs' responses only (staff on any), never on their
+    // own children's sessions as participants.
+    let row: FeedbackRow = sqlx::query_as(&format!(
+        "INSERT INTO feedback AS f (id, response_id, researcher_id, comment) \
+         SELECT $3, r.id, $1, $4 FROM responses r WHERE r.id = $5 AND ($2 OR r.study_id IN \
+         (SELECT s.id FROM studies s JOIN lab_researchers lr ON lr.lab_id = s.lab_id \
+         WHERE lr.user_id = $1)) RETURNING {FEEDBACK_COLUMNS}"
+    ))
+    .bind(scope.user_id)
+    .bind(scope.staff)
+    .bind(Uuid::new_v4())
+    .bind(comment)
+    .bind(response_id)
+    .fetch_optional(state.pool())
+    .await?
+    .ok_or_else(|| ApiError::bad_request("response: not a response of your labs' studies"))?;
+    Ok(single_document(StatusCode::CREATED, row.resource()))
+}
+
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(users_list))
@@ -894,5 +1153,9 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(children_get))
         .routes(routes!(responses_list, responses_create))
         .routes(routes!(responses_get, responses_patch, responses_put))
+        .routes(routes!(demographics_list))
+        .routes(routes!(demographics_get))
+        .routes(routes!(feedback_list, feedback_create))
+        .routes(routes!(feedback_get))
         .routes(routes!(crate::video::lambda_video))
 }

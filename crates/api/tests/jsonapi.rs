@@ -329,3 +329,184 @@ async fn researchers_see_their_labs_responses() {
     let children = body(app.get(&session, "/api/v1/children/").await).await;
     assert_eq!(children["data"][0]["id"], child.to_string());
 }
+
+#[tokio::test]
+async fn demographics_are_only_ever_the_callers_own() {
+    let app = spawn_app().await;
+    let parent = app.user(false, false).await;
+    let session = app.session(&parent).await;
+    let stranger = app.user(false, false).await;
+    let mut ids = Vec::new();
+    for (user, country) in [(parent.id, "US"), (parent.id, "CA"), (stranger.id, "GB")] {
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO demographics (id, user_id, country, child_birthdays, race_identification, number_of_books) \
+             VALUES ($1, $2, $3, '{2023-01-01}', '{white,asian}', 40)",
+        )
+        .bind(id)
+        .bind(user)
+        .bind(country)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+
+    let listed = body(app.get(&session, "/api/v1/demographics/").await).await;
+    assert_eq!(listed["meta"]["pagination"]["count"], 2);
+    let first = &listed["data"][0];
+    assert_eq!(first["type"], "demographics");
+    assert_eq!(first["id"], ids[0].to_string());
+    assert_eq!(first["attributes"]["country"], "US");
+    assert_eq!(
+        first["attributes"]["child_birthdays"],
+        json!(["2023-01-01"])
+    );
+    assert_eq!(
+        first["attributes"]["race_identification"],
+        json!(["white", "asian"])
+    );
+    assert_eq!(first["attributes"]["number_of_books"], 40);
+    assert_eq!(
+        first["relationships"]["user"]["data"]["id"],
+        parent.id.to_string()
+    );
+    let one = body(
+        app.get(&session, &format!("/api/v1/demographics/{}/", ids[1]))
+            .await,
+    )
+    .await;
+    assert_eq!(one["data"]["attributes"]["country"], "CA");
+    let (status, _) = error_detail(
+        app.get(&session, &format!("/api/v1/demographics/{}/", ids[2]))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 404);
+    // Read-only: no writes.
+    let (status, detail) = error_detail(
+        app.post(
+            &session,
+            "/api/v1/demographics/",
+            json!({"data": {"type": "demographics", "attributes": {"country": "FR"}}}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 405, "{detail}");
+}
+
+#[tokio::test]
+async fn researchers_give_feedback_that_the_participant_reads() {
+    let app = spawn_app().await;
+    let (researcher, researcher_session, lab) = app.researcher().await;
+    let study = app.study(lab, "active").await;
+    let parent = app.user(false, false).await;
+    let parent_session = app.session(&parent).await;
+    let child = app.child(parent.id).await;
+    let response = app.response(study, child).await;
+    let other_lab = app.lab(true).await;
+    let elsewhere = app
+        .response(app.study(other_lab, "active").await, child)
+        .await;
+
+    let give = |response: Uuid, comment: Value| {
+        json!({"data": {
+            "type": "feedback",
+            "attributes": {"comment": comment},
+            "relationships": {"response": {"data": {"type": "responses", "id": response}}},
+        }})
+    };
+    let created = app
+        .post(
+            &researcher_session,
+            "/api/v1/feedback/",
+            give(response, json!("Thank you, lovely session!")),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let created = body(created).await;
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(created["data"]["type"], "feedback");
+    assert_eq!(
+        created["data"]["relationships"]["researcher"]["data"]["id"],
+        researcher.id.to_string()
+    );
+
+    // The participant who owns the response reads it; a stranger does not.
+    let listed = body(app.get(&parent_session, "/api/v1/feedback/").await).await;
+    assert_eq!(listed["meta"]["pagination"]["count"], 1);
+    assert_eq!(
+        listed["data"][0]["attributes"]["comment"],
+        "Thank you, lovely session!"
+    );
+    assert_eq!(
+        listed["data"][0]["relationships"]["response"]["data"]["id"],
+        response.to_string()
+    );
+    let filtered = body(
+        app.get(
+            &parent_session,
+            &format!("/api/v1/feedback/?response={elsewhere}"),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(filtered["meta"]["pagination"]["count"], 0);
+    let one = body(
+        app.get(&parent_session, &format!("/api/v1/feedback/{id}/"))
+            .await,
+    )
+    .await;
+    assert_eq!(one["data"]["id"], id);
+    let stranger = app.user(false, false).await;
+    let stranger_session = app.session(&stranger).await;
+    let (status, _) = error_detail(
+        app.get(&stranger_session, &format!("/api/v1/feedback/{id}/"))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Only researchers with access write it, and the comment must say something.
+    let (status, detail) = error_detail(
+        app.post(
+            &parent_session,
+            "/api/v1/feedback/",
+            give(response, json!("I liked it")),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 403, "{detail}");
+    assert!(detail.contains("researchers"), "{detail}");
+    let cases = [
+        (give(elsewhere, json!("Not our lab")), 400, "your labs"),
+        (give(response, json!("  ")), 400, "comment"),
+        (give(response, json!(5)), 400, "must be a string"),
+        (
+            json!({"data": {"type": "responses", "attributes": {"comment": "x"}}}),
+            409,
+            "data.type",
+        ),
+        (
+            json!({"data": {"type": "feedback", "attributes": {"comment": "x"}}}),
+            400,
+            "relationship response",
+        ),
+    ];
+    for (document, status, needle) in cases {
+        let (got, detail) = error_detail(
+            app.post(&researcher_session, "/api/v1/feedback/", document)
+                .await,
+        )
+        .await;
+        assert_eq!(got, status, "{detail}");
+        assert!(detail.contains(needle), "{detail} lacks {needle}");
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM feedback")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+}
