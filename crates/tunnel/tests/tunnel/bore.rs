@@ -397,7 +397,7 @@ async fn an_api_whose_health_route_hangs_is_named_with_what_may_hang_behind_it()
     // As the real API does while its database is down: the health route waits on the pool.
     let (api, _api_stop) = crate::common::serve(axum::Router::new().route(
         "/api/health/",
-        axum::routing::get(|| std::future::pending::<&'static str>()),
+        axum::routing::get(std::future::pending::<&'static str>),
     ))
     .await;
     let bore = crate::common::BoreHost::start().await;
