@@ -57,9 +57,12 @@ pub struct Health {
     responses((status = 200, body = Health, description = "database and broker reachable"),
               (status = 503, body = Health, description = "something is down; the fields say what")))]
 async fn health(State(state): State<ApiState>) -> Response {
-    let database = match sqlx::query("SELECT 1").execute(state.pool()).await {
-        Ok(_) => "ok".to_string(),
-        Err(e) => format!("unreachable: {e}"),
+    // Bounded like the broker check, so a database that hangs is named instead of the API.
+    let query = sqlx::query("SELECT 1").execute(state.pool());
+    let database = match tokio::time::timeout(Duration::from_secs(3), query).await {
+        Ok(Ok(_)) => "ok".to_string(),
+        Ok(Err(e)) => format!("unreachable: {e}"),
+        Err(_) => "unreachable: no answer within 3 s".to_string(),
     };
     let broker = match &state.settings().amqp_url {
         None => "not configured".to_string(),
