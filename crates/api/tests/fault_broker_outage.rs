@@ -32,14 +32,7 @@ async fn a_build_requested_while_the_broker_is_down_is_delivered_when_it_returns
         .close(200, "declared")
         .await;
     let app = spawn_app().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = tokio::spawn(lookit_api::outbox::OutboxRelay::run(
-        app.pool.clone(),
-        vhost.amqp_url().to_string().into(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let relay = RunningRelay::start(&app.pool, vhost.amqp_url());
     let (_, session, lab) = app.researcher().await;
     let study = app.study(lab, "approved").await;
 
@@ -74,6 +67,5 @@ async fn a_build_requested_while_the_broker_is_down_is_delivered_when_it_returns
         published_jobs(&app.pool).await == 1
     })
     .await;
-    let _ = stop.send(());
-    relay.await.unwrap().unwrap();
+    relay.stop().await;
 }

@@ -146,14 +146,7 @@ async fn a_build_request_reaches_the_builds_queue_and_a_second_one_is_refused() 
         ..Default::default()
     })
     .await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = tokio::spawn(lookit_api::outbox::OutboxRelay::run(
-        app.pool.clone(),
-        vhost.amqp_url().to_string().into(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let relay = RunningRelay::start(&app.pool, vhost.amqp_url());
     let (_, session, lab) = app.researcher().await;
     let study = app.study(lab, "approved").await;
     let sha = "0123456789abcdef0123456789abcdef01234567";
@@ -258,8 +251,7 @@ async fn a_build_request_reaches_the_builds_queue_and_a_second_one_is_refused() 
         published_jobs(&app.pool).await == 2
     })
     .await;
-    let _ = stop.send(());
-    relay.await.unwrap().unwrap();
+    relay.stop().await;
 }
 
 async fn built_study(app: &TestApp, lab: Uuid, state: &str) -> (Uuid, tempfile::TempDir) {

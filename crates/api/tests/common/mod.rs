@@ -352,3 +352,29 @@ pub async fn vhost() -> lookit_testkit::TestVhost {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     lookit_testkit::fresh_vhost().await
 }
+
+/// The outbox relay of `pool` publishing to `amqp_url`, running until [`RunningRelay::stop`].
+pub struct RunningRelay {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningRelay {
+    pub fn start(pool: &PgPool, amqp_url: &str) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(lookit_api::outbox::OutboxRelay::run(
+            pool.clone(),
+            SecretString::from(amqp_url.to_string()),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self { stop, task }
+    }
+
+    /// Stops the relay; fails the test if it ended with an error.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
