@@ -123,11 +123,16 @@ async fn doctor(home: &Home, config: &Config, json: bool) -> anyhow::Result<Outc
     } else {
         print!("{}", lookit_control::render_doctor(&checks));
     }
-    Ok(if checks.iter().all(|c| c.ok) {
-        Outcome::Done
-    } else {
-        Outcome::Problems
-    })
+    Ok(
+        if checks
+            .iter()
+            .all(|c| c.outcome != lookit_status::CheckOutcome::Failed)
+        {
+            Outcome::Done
+        } else {
+            Outcome::Problems
+        },
+    )
 }
 
 async fn env(home: &Home, config: &Config) -> anyhow::Result<Outcome> {

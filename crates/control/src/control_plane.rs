@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use lookit_config::{Config, Home, Secrets};
 use lookit_panel::{
-    ActionError, ControlPlane, DoctorCheck, InspectedRequest, NotificationLevel, PanelEvent,
-    ServiceAction, ServiceName, StackAction, TunnelAction, TunnelCheck, TunnelOptions,
+    ActionError, ControlPlane, InspectedRequest, NotificationLevel, PanelEvent, ServiceAction,
+    ServiceName, StackAction, TunnelAction, TunnelCheck, TunnelOptions,
 };
 use lookit_stack::{Stack, StackError, StackEvent, StepOutcome};
-use lookit_status::{Endpoint, ServiceState, ServiceStatus, StatusReport};
+use lookit_status::{DoctorCheck, Endpoint, ServiceState, ServiceStatus, StatusReport};
 
 use crate::apps::Apps;
 
@@ -428,6 +428,6 @@ impl ControlPlane for InstanceCore {
     }
 
     async fn doctor(&self) -> Result<Vec<DoctorCheck>, ActionError> {
-        Ok(crate::doctor::run(&self.home, &self.config).await)
+        Ok(lookit_stack::doctor(&self.home, &self.config).await)
     }
 }

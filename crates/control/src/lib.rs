@@ -26,8 +26,8 @@ pub use panel_client::PanelClient;
 pub use render::{render_status, render_tunnel_check};
 
 pub use doctor::render as render_doctor;
-/// Every prerequisite, with the problem and the command that fixes it.
-pub use doctor::run as doctor;
+/// Every prerequisite, with what is wrong and the command that fixes it.
+pub use lookit_stack::doctor;
 
 /// Installs aws-lc-rs as the process's only rustls provider. Call once at start-up, before any
 /// TLS is used; calling it again is harmless.

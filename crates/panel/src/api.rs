@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::{Stream, StreamExt};
 use lookit_contracts::Queue;
-use lookit_status::StatusReport;
+use lookit_status::{DoctorCheck, StatusReport};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -21,9 +21,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::control_plane::{
-    BuildAction, BuildSummary, ControlPlane, DeadLetter, DeadLetterAction, DoctorCheck,
-    InspectedRequest, PanelEvent, ServiceAction, ServiceName, StackAction, TunnelAction,
-    TunnelCheck, TunnelOptions,
+    BuildAction, BuildSummary, ControlPlane, DeadLetter, DeadLetterAction, InspectedRequest,
+    PanelEvent, ServiceAction, ServiceName, StackAction, TunnelAction, TunnelCheck, TunnelOptions,
 };
 use crate::error::ApiError;
 

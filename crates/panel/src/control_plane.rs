@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use lookit_contracts::{BuildStatus, Queue};
-use lookit_status::StatusReport;
+use lookit_status::{DoctorCheck, StatusReport};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -303,15 +303,4 @@ pub enum HopOutcome {
     Failed,
     /// An earlier hop failed, or there is nothing to check there.
     NotChecked,
-}
-
-/// One prerequisite checked by the doctor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DoctorCheck {
-    pub name: String,
-    pub ok: bool,
-    /// What is wrong, when it is.
-    pub problem: Option<String>,
-    /// The exact command that fixes it.
-    pub fix: Option<String>,
 }

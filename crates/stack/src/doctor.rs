@@ -3,31 +3,9 @@
 use std::path::Path;
 
 use lookit_config::{Backend, Config, Home};
-use serde::Serialize;
+use lookit_status::{CheckOutcome, DoctorCheck};
 
 use crate::{docker, native, ports};
-
-/// One prerequisite and its state.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DoctorCheck {
-    /// What was checked, e.g. `docker engine`, `port 5432 (postgres)`.
-    pub name: String,
-    pub outcome: CheckOutcome,
-    /// What was found.
-    pub detail: String,
-    /// The exact command (or config change) that fixes it; `None` when nothing is wrong.
-    pub fix: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CheckOutcome {
-    Ok,
-    /// Works, but not as configured or not for every backend.
-    Warning,
-    /// Something needed is missing.
-    Failed,
-}
 
 /// Free space below which builds and images are likely to fail.
 const MIN_FREE_BYTES: u64 = 5 * 1024 * 1024 * 1024;

@@ -32,9 +32,10 @@ use secrecy::SecretString;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use connections::{Connections, PostgresConnection, RabbitConnection};
-pub use doctor::{doctor, CheckOutcome, DoctorCheck};
+pub use doctor::doctor;
 pub use error::StackError;
 pub use event::{LayerProgress, StackEvent, StepOutcome};
+pub use lookit_status::{CheckOutcome, DoctorCheck};
 
 use event::Reporter;
 use supervisor::{Command, Launcher, Service, Shared};

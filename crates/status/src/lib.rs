@@ -86,6 +86,28 @@ pub enum TunnelState {
     Failed,
 }
 
+/// One prerequisite checked by the doctor (`lookit-local doctor`, the panel's Doctor page).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DoctorCheck {
+    /// What was checked, e.g. `docker engine`, `port 5432 (postgres)`.
+    pub name: String,
+    pub outcome: CheckOutcome,
+    /// What was found.
+    pub detail: String,
+    /// The exact command (or config change) that fixes it; `None` when nothing is wrong.
+    pub fix: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckOutcome {
+    Ok,
+    /// Works, but not as configured or not for every backend.
+    Warning,
+    /// Something needed is missing.
+    Failed,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -100,7 +100,9 @@ export interface TunnelCheck {
 
 export interface DoctorCheck {
   name: string;
-  ok: boolean;
-  problem: string | null;
+  /** `warning`: works, but not as configured or not for every backend. */
+  outcome: 'ok' | 'warning' | 'failed';
+  /** What was found. */
+  detail: string;
   fix: string | null;
 }
