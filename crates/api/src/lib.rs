@@ -146,6 +146,21 @@ pub async fn run(
     serve(listener, tls, router(state), shutdown).await
 }
 
+/// Checks the certificate every [`tls::RENEWAL_CHECK`] while the server runs, so an app left
+/// running for months never serves an expired certificate.
+async fn renew_certificate_while_serving(tls: TlsConfig) {
+    let mut ticks = tokio::time::interval(tls::RENEWAL_CHECK);
+    ticks.tick().await; // The first tick is immediate; the certificate was just loaded.
+    loop {
+        ticks.tick().await;
+        let check = tls.clone();
+        match tokio::task::spawn_blocking(move || check.renew_if_due()).await {
+            Ok(Err(error)) => tracing::warn!(%error, "could not renew the HTTPS certificate"),
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+}
+
 /// Serves `app` (the API's [`router`], possibly with extra routes: the benchmark mounts a bare
 /// one) exactly as [`run`] does.
 pub async fn serve(
@@ -163,12 +178,14 @@ pub async fn serve(
         on_shutdown.graceful_shutdown(Some(GRACE));
     });
     match tls {
-        Some(TlsConfig(config)) => {
-            let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
-            axum_server::from_tcp_rustls(listener, config)
+        Some(tls) => {
+            let renewal = tokio::spawn(renew_certificate_while_serving(tls.clone()));
+            let served = axum_server::from_tcp_rustls(listener, tls.live)
                 .handle(handle)
                 .serve(app)
-                .await
+                .await;
+            renewal.abort();
+            served
         }
         None => {
             axum_server::from_tcp(listener)

@@ -39,9 +39,34 @@ pub enum TlsError {
     Pem { path: PathBuf },
 }
 
-/// The rustls configuration the server runs with.
+/// How often a running server checks whether its certificate is due for renewal.
+pub const RENEWAL_CHECK: std::time::Duration = std::time::Duration::from_secs(12 * 60 * 60);
+
+/// The rustls configuration the server runs with. Clones share it: a renewal through
+/// [`TlsConfig::renew_if_due`] reaches every listener serving this configuration, for the
+/// connections made after it.
 #[derive(Clone)]
-pub struct TlsConfig(pub Arc<rustls::ServerConfig>);
+pub struct TlsConfig {
+    pub(crate) live: axum_server::tls_rustls::RustlsConfig,
+    /// The local CA's folder, where renewed certificates are kept.
+    certs_dir: PathBuf,
+}
+
+impl TlsConfig {
+    /// Renews the certificate when it has less than [`RENEW_BEFORE_DAYS`] left and switches the
+    /// running server over to it. Returns whether it renewed.
+    pub fn renew_if_due(&self) -> Result<bool, TlsError> {
+        let dir = &self.certs_dir;
+        let before = read(&dir.join(SERVER_FILE))?;
+        let ca = LocalCa::load_or_create(dir)?;
+        if before.as_deref() == Some(ca.server_pem.as_str()) {
+            return Ok(false);
+        }
+        self.live.reload_from_config(ca.rustls_config()?);
+        tracing::info!(folder = %dir.display(), "renewed the HTTPS certificate");
+        Ok(true)
+    }
+}
 
 /// The local CA and the server certificate it issued, as files.
 pub struct LocalCa {
@@ -180,8 +205,16 @@ impl LocalCa {
         &self.ca_pem
     }
 
-    /// A rustls server configuration (aws-lc-rs) with the server certificate and the CA as chain.
+    /// The server configuration, renewed by the running server before it expires.
     pub fn server_config(&self) -> Result<TlsConfig, TlsError> {
+        Ok(TlsConfig {
+            live: axum_server::tls_rustls::RustlsConfig::from_config(self.rustls_config()?),
+            certs_dir: self.dir.clone(),
+        })
+    }
+
+    /// A rustls server configuration (aws-lc-rs) with the server certificate and the CA as chain.
+    fn rustls_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let pem_error = |file: &str| TlsError::Pem {
@@ -201,7 +234,7 @@ impl LocalCa {
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(TlsConfig(Arc::new(config)))
+        Ok(Arc::new(config))
     }
 
     /// Installs the CA into the system store (Debian's `update-ca-certificates`, when we may write
