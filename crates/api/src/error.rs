@@ -58,9 +58,34 @@ impl ApiError {
     }
 }
 
-/// Database errors that client input can cause are client errors; everything else is ours.
+/// Whether `error` means the database cannot be reached right now (down, restarting, refusing
+/// connections, pool exhausted) rather than a bug: worth a 503 that says so, and a retry.
+fn database_unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exception; class 57: operator intervention (shutdown, restart).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+        _ => false,
+    }
+}
+
+const DATABASE_UNAVAILABLE: &str =
+    "the database is unreachable (down or restarting); try again in a moment";
+
+/// Database errors that client input can cause are client errors; an unreachable database is
+/// 503; everything else is ours.
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
+        if database_unreachable(&error) {
+            tracing::warn!(error = %error, "database unreachable");
+            return ApiError::Unavailable(DATABASE_UNAVAILABLE.into());
+        }
         if let sqlx::Error::Database(db) = &error {
             match db.code().as_deref() {
                 Some("23505") => return ApiError::Conflict("this record already exists".into()),
@@ -93,6 +118,15 @@ from_rejection!(JsonRejection, PathRejection, QueryRejection, FormRejection);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // A database error wrapped with context on its way up is still an outage, not a bug.
+        let unreachable = matches!(&self, ApiError::Internal(error)
+            if error.chain().any(|cause| cause.downcast_ref::<sqlx::Error>().is_some_and(database_unreachable)));
+        if unreachable {
+            if let ApiError::Internal(error) = &self {
+                tracing::warn!(error = format!("{error:#}"), "database unreachable");
+            }
+            return ApiError::Unavailable(DATABASE_UNAVAILABLE.into()).into_response();
+        }
         let status = self.status();
         let detail = match &self {
             ApiError::Internal(error) => {

@@ -25,6 +25,7 @@ use lookit_tunnel::{
     ApiTarget, GuardianSettings, HopResult, InspectorSettings, ProviderSettings, Tunnel,
     TunnelSettings,
 };
+use lookit_contracts::BuildStatus;
 use lookit_worker::{WorkerEvent, WorkerSettings};
 
 use crate::control_plane::InstanceCore;
@@ -34,6 +35,8 @@ use crate::control_plane::InstanceCore;
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
 pub(crate) struct Apps {
+    /// The lookit database, for what the panel reads (builds, emails, videos).
+    pool: sqlx::PgPool,
     api_url: String,
     api_address: String,
     tunnel: std::sync::Arc<Tunnel>,
@@ -57,8 +60,11 @@ impl Apps {
         core: &InstanceCore,
         connections: &Connections,
     ) -> anyhow::Result<Apps> {
+        // A bounded wait for a connection: while Postgres is down or restarting, requests get a
+        // 503 naming the database within seconds instead of hanging for sqlx's default 30 s.
         let pool = PgPoolOptions::new()
             .max_connections(10)
+            .acquire_timeout(Duration::from_secs(5))
             .connect(connections.postgres.url().expose_secret())
             .await
             .context("connect to the lookit database")?;
@@ -153,7 +159,7 @@ impl Apps {
         tasks.push((
             "worker",
             tokio::spawn(lookit_worker::run(
-                pool,
+                pool.clone(),
                 worker_settings,
                 worker_events,
                 stop.clone(),
@@ -169,6 +175,7 @@ impl Apps {
             .build()
             .context("build the health-check client")?;
         Ok(Apps {
+            pool,
             api_url,
             api_address: address.to_string(),
             tunnel,
@@ -179,6 +186,10 @@ impl Apps {
             health: Mutex::new(HealthCache::default()),
             worker_state,
         })
+    }
+
+    pub(crate) fn pool(&self) -> &sqlx::PgPool {
+        &self.pool
     }
 
     /// Opens the public tunnel with the configured provider, as the user running the instance.
@@ -441,6 +452,35 @@ async fn forward_worker_events(
                         "broker lost ({error}); retrying in {retry_in_ms} ms"
                     )),
                 );
+            }
+            WorkerEvent::BuildStatus {
+                build_id,
+                status,
+                stage,
+                ..
+            } => {
+                let finished = match status {
+                    BuildStatus::Succeeded => {
+                        Some((NotificationLevel::Success, "A study build succeeded"))
+                    }
+                    BuildStatus::Failed => Some((NotificationLevel::Error, "A study build failed")),
+                    _ => None,
+                };
+                if let Some((level, title)) = finished {
+                    let _ = panel.send(PanelEvent::Notification {
+                        level,
+                        title: title.into(),
+                        body: match &stage {
+                            Some(stage) => format!("build {build_id} at stage {stage}"),
+                            None => format!("build {build_id}"),
+                        },
+                    });
+                }
+                let _ = panel.send(PanelEvent::BuildChanged {
+                    build: build_id,
+                    status,
+                    stage,
+                });
             }
             WorkerEvent::BuildLog { build_id, line } => {
                 let _ = panel.send(PanelEvent::BuildLog {

@@ -37,6 +37,9 @@ pub struct AppOptions {
     pub amqp_url: Option<String>,
     pub tls: Option<lookit_api::TlsConfig>,
     pub cookie_secure: bool,
+    /// How long a request waits for a database connection (as the instance bounds it); sqlx's
+    /// default when `None`.
+    pub acquire_timeout: Option<std::time::Duration>,
 }
 
 pub async fn migrated_database() -> (TestDatabase, PgPool) {
@@ -55,7 +58,15 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let (db, pool) = migrated_database().await;
+    let (db, mut pool) = migrated_database().await;
+    if let Some(timeout) = options.acquire_timeout {
+        pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(timeout)
+            .connect_with(db.connect_options())
+            .await
+            .expect("connect to the test database");
+    }
     let videos = tempfile::tempdir().expect("temp dir");
     let settings = ApiSettings {
         public_url: Some(Url::parse(PUBLIC_URL).unwrap()),
