@@ -290,6 +290,34 @@ mod tests {
     }
 
     #[test]
+    fn the_builder_base_image_defaults_to_node_14_and_can_point_at_a_local_image() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(
+            config.builds.builder_base_image.as_str(),
+            "node:14-bullseye"
+        );
+        let config = load(
+            "",
+            &[(
+                "LOOKIT_LOCAL__BUILDS__BUILDER_BASE_IMAGE",
+                "lookit-test/node:latest",
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            config.builds.builder_base_image.as_str(),
+            "lookit-test/node:latest"
+        );
+        let err = load("[builds]\nbuilder_base_image = \"node 14\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`builds.builder_base_image`") && err.contains("not an image name"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn lookit_local_home_is_not_an_override() {
         assert!(load("", &[("LOOKIT_LOCAL_HOME", "/x")]).is_ok());
     }

@@ -161,8 +161,12 @@ pub struct PanelConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BuildsConfig {
-    /// Image that honours Lookit's build contract (§2); built from `docker/ember-builder`.
+    /// Image that honours Lookit's build contract (§2). When it is missing, the app builds it
+    /// from `docker/ember-builder` (`lookit-local builder build`).
     pub builder_image: ImageName,
+    /// The Node image the builder image is built on (its `NODE_IMAGE` build argument). Offline
+    /// labs point it at a Node image already on this machine, as no registry can be reached.
+    pub builder_base_image: ImageName,
     /// Longest a build may run before it fails as timed out.
     pub time_limit_secs: u64,
     /// Attempts of one job before it goes to its dead-letter queue.
@@ -173,6 +177,7 @@ impl Default for BuildsConfig {
     fn default() -> Self {
         Self {
             builder_image: ImageName("lookit/ember-builder:latest".into()),
+            builder_base_image: ImageName("node:14-bullseye".into()),
             time_limit_secs: 30 * 60,
             max_attempts: 5,
         }
