@@ -20,6 +20,7 @@ pub struct Config {
     pub builds: BuildsConfig,
     pub email: EmailConfig,
     pub tunnel: TunnelConfig,
+    pub storage: StorageConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -244,6 +245,115 @@ impl Default for TunnelConfig {
     }
 }
 
+/// Where videos and built studies are kept. S3 credentials (`s3_access_key_id`,
+/// `s3_secret_access_key`) and the Google service-account key path (`gcs_service_account_key`)
+/// go in secrets.toml; without them the providers' usual environment variables are used.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Where Pipe's video objects are renamed (§4): `local` (a folder in the data home),
+    /// `s3://bucket[/prefix]` or `gs://bucket[/prefix]`.
+    pub videos: StorageUrl,
+    /// Where built studies are uploaded and served from, at `experiments/<study_uuid>/` below
+    /// it (Lookit's layout); same forms as `videos`.
+    pub builds: StorageUrl,
+    /// Region of the S3 buckets.
+    pub region: String,
+    /// An S3-compatible server (MinIO, moto, a lab's own) instead of AWS, e.g.
+    /// `http://127.0.0.1:9000`.
+    pub endpoint: Option<url::Url>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            videos: StorageUrl::Local,
+            builds: StorageUrl::Local,
+            region: "us-east-1".into(),
+            endpoint: None,
+        }
+    }
+}
+
+/// One storage place: `local`, `s3://bucket[/prefix]` or `gs://bucket[/prefix]`. The prefix has
+/// no leading or trailing `/` (empty: the bucket's root).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum StorageUrl {
+    /// A folder under the data home.
+    Local,
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
+    Gcs {
+        bucket: String,
+        prefix: String,
+    },
+}
+
+impl TryFrom<String> for StorageUrl {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        const EXPECTED: &str = "expected `local`, `s3://bucket/prefix` or `gs://bucket/prefix`";
+        if value == "local" {
+            return Ok(StorageUrl::Local);
+        }
+        let url = url::Url::parse(&value)
+            .map_err(|e| format!("{value:?} is not a storage place ({e}): {EXPECTED}"))?;
+        let bucket = url.host_str().unwrap_or_default().to_string();
+        // S3 and GCS bucket names: 3 to 63 (GCS with dots: 222) lowercase letters, digits, `.`,
+        // `-` and (GCS) `_`.
+        let bucket_ok = (3..=222).contains(&bucket.len())
+            && bucket.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+            });
+        let prefix = url.path().trim_matches('/').to_string();
+        let make: fn(String, String) -> StorageUrl = match url.scheme() {
+            "s3" => |bucket, prefix| StorageUrl::S3 { bucket, prefix },
+            "gs" => |bucket, prefix| StorageUrl::Gcs { bucket, prefix },
+            other => {
+                return Err(format!(
+                    "{value:?} has the unsupported scheme `{other}`: {EXPECTED}"
+                ))
+            }
+        };
+        if !bucket_ok {
+            return Err(format!(
+                "{value:?} does not name a bucket: 3 or more lowercase letters, digits, `.`, `-` or `_` after `{}://`",
+                url.scheme()
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+            return Err(format!(
+                "{value:?} has parts a storage place cannot have (user, `?` or `#`): {EXPECTED}"
+            ));
+        }
+        Ok(make(bucket, prefix))
+    }
+}
+
+impl From<StorageUrl> for String {
+    fn from(url: StorageUrl) -> String {
+        url.to_string()
+    }
+}
+
+impl fmt::Display for StorageUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (scheme, bucket, prefix) = match self {
+            StorageUrl::Local => return f.write_str("local"),
+            StorageUrl::S3 { bucket, prefix } => ("s3", bucket, prefix),
+            StorageUrl::Gcs { bucket, prefix } => ("gs", bucket, prefix),
+        };
+        write!(f, "{scheme}://{bucket}")?;
+        if !prefix.is_empty() {
+            write!(f, "/{prefix}")?;
+        }
+        Ok(())
+    }
+}
+
 /// A TCP port number; 0 means "any free port".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Port(pub u16);
@@ -371,5 +481,94 @@ impl TryFrom<String> for LogFilter {
 impl From<LogFilter> for String {
     fn from(filter: LogFilter) -> String {
         filter.0
+    }
+}
+
+#[cfg(test)]
+mod storage_tests {
+    use super::*;
+
+    fn parse(value: &str) -> Result<StorageUrl, String> {
+        StorageUrl::try_from(value.to_string())
+    }
+
+    #[test]
+    fn storage_places_parse_and_print_back() {
+        assert_eq!(parse("local").unwrap(), StorageUrl::Local);
+        let s3 = parse("s3://lab-videos/pipe/raw/").unwrap();
+        assert_eq!(
+            s3,
+            StorageUrl::S3 {
+                bucket: "lab-videos".into(),
+                prefix: "pipe/raw".into()
+            }
+        );
+        assert_eq!(s3.to_string(), "s3://lab-videos/pipe/raw");
+        assert_eq!(
+            parse("gs://lab-builds").unwrap(),
+            StorageUrl::Gcs {
+                bucket: "lab-builds".into(),
+                prefix: String::new()
+            }
+        );
+        assert_eq!(StorageConfig::default().builds, StorageUrl::Local);
+    }
+
+    #[test]
+    fn bad_storage_places_say_what_is_expected() {
+        let err = parse("ftp://bucket/x").unwrap_err();
+        assert!(err.contains("unsupported scheme `ftp`"), "{err}");
+        assert!(err.contains("s3://bucket/prefix"), "{err}");
+        let err = parse("/srv/videos").unwrap_err();
+        assert!(err.contains("not a storage place"), "{err}");
+        let err = parse("s3://Bad_Bucket/x").unwrap_err();
+        assert!(err.contains("does not name a bucket"), "{err}");
+        let err = parse("s3:///prefix-only").unwrap_err();
+        assert!(err.contains("does not name a bucket"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_storage_place_in_the_file_names_the_key() {
+        let err = crate::Config::from_sources(
+            std::path::Path::new("config.toml"),
+            Some("[storage]\nbuilds = \"gcs://lab/x\"\n"),
+            Vec::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("storage.builds"), "{err}");
+        assert!(err.contains("unsupported scheme `gcs`"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use crate::Config;
+
+    fn load(text: &str) -> Result<Config, crate::ConfigError> {
+        Config::from_sources(
+            std::path::Path::new("/lab/config.toml"),
+            Some(text),
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn the_watch_section_has_defaults_and_names_a_value_out_of_range() {
+        let config = load("").unwrap();
+        assert_eq!(config.watch.debounce_ms, 300);
+        assert!(!config.watch.poll);
+        let config = load("[watch]\npoll = true\npoll_interval_secs = 5\n").unwrap();
+        assert!(config.watch.poll);
+        assert_eq!(config.watch.poll_interval_secs, 5);
+        let err = load("[watch]\n\ndebounce_ms = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 3")
+                && err.contains("`watch.debounce_ms`")
+                && err.contains("50 to 60000"),
+            "{err}"
+        );
     }
 }

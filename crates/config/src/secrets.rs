@@ -38,6 +38,13 @@ pub struct Secrets {
     pub ngrok_authtoken: Option<SecretString>,
     /// The shared secret of the lab's bore tunnel server, when it has one (never generated).
     pub bore_secret: Option<SecretString>,
+    /// S3 credentials for `storage.videos`/`storage.builds` in S3 (never generated); without
+    /// them the AWS environment variables or instance credentials are used.
+    pub s3_access_key_id: Option<SecretString>,
+    pub s3_secret_access_key: Option<SecretString>,
+    /// Path of the Google Cloud service-account key file for storage in GCS (never generated);
+    /// without it `GOOGLE_APPLICATION_CREDENTIALS` is used.
+    pub gcs_service_account_key: Option<PathBuf>,
 }
 
 /// On-disk form. Missing fields are generated, so older files gain new secrets on upgrade.
@@ -51,6 +58,9 @@ struct SecretsFile {
     lambda_secret: Option<String>,
     ngrok_authtoken: Option<String>,
     bore_secret: Option<String>,
+    s3_access_key_id: Option<String>,
+    s3_secret_access_key: Option<String>,
+    gcs_service_account_key: Option<PathBuf>,
 }
 
 /// A random token of `len` letters and digits (~5.95 bits each), from the OS generator.
@@ -95,6 +105,12 @@ impl Secrets {
             lambda_secret: fill(&mut file.lambda_secret),
             ngrok_authtoken: given(&file.ngrok_authtoken),
             bore_secret: given(&file.bore_secret),
+            s3_access_key_id: given(&file.s3_access_key_id),
+            s3_secret_access_key: given(&file.s3_secret_access_key),
+            gcs_service_account_key: file
+                .gcs_service_account_key
+                .clone()
+                .filter(|path| !path.as_os_str().is_empty()),
         };
         if changed {
             write_private(
@@ -167,6 +183,37 @@ mod tests {
         for value in secrets.all_values() {
             assert!(!shown.contains(value));
         }
+    }
+
+    #[test]
+    fn storage_credentials_are_read_and_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            "s3_access_key_id = \"AKIDEXAMPLE\"\ns3_secret_access_key = \"wJalrXUtnFEMI\"\ngcs_service_account_key = \"/keys/lab.json\"\n",
+        )
+        .unwrap();
+        let secrets = Secrets::load_or_generate(&path).unwrap();
+        assert_eq!(
+            secrets
+                .s3_secret_access_key
+                .as_ref()
+                .map(|s| s.expose_secret()),
+            Some("wJalrXUtnFEMI")
+        );
+        assert_eq!(
+            secrets.gcs_service_account_key.as_deref(),
+            Some(Path::new("/keys/lab.json"))
+        );
+        let shown = format!("{secrets:?}");
+        assert!(!shown.contains("wJalrXUtnFEMI") && !shown.contains("AKIDEXAMPLE"));
+        // Kept as written when the missing generated secrets are added.
+        let again = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            again.contains("s3_secret_access_key = \"wJalrXUtnFEMI\""),
+            "{again}"
+        );
     }
 
     #[test]
