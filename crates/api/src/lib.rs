@@ -16,6 +16,7 @@ mod error;
 mod extract;
 mod jsonapi;
 pub mod outbox;
+pub mod preview_reload;
 mod researcher;
 mod served;
 mod state;
@@ -106,6 +107,7 @@ fn api_router() -> OpenApiRouter<ApiState> {
         .nest("/api/researcher", researcher::routes())
         .merge(video::routes())
         .merge(served::routes())
+        .merge(preview_reload::routes())
 }
 
 /// The OpenAPI document of every route (axum's `{*rest}` written as `{rest}`).

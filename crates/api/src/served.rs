@@ -162,7 +162,8 @@ async fn preview(
     if !child_exists(&state, child).await? {
         return Err(ApiError::not_found("child"));
     }
-    index(&state, study).await
+    let page = index(&state, study).await?;
+    Ok(crate::preview_reload::with_reload_script(page, study).await)
 }
 
 pub fn routes() -> OpenApiRouter<ApiState> {
