@@ -30,14 +30,14 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use broker::{connect as connect_broker, declare_queues, Publisher};
+pub use broker::{
+    connect as connect_broker, consume, declare_queues, JobError, JobHandler, Publisher, RetryPolicy,
+};
 pub use build::{BuildStage, BUILD_NOTIFY_CHANNEL};
 pub use email::EmailOutcome;
 pub use follow::{follow_build, BuildOutcome};
 pub use settings::{BuildEnvironment, QueueLimits, StorageTarget, WorkerSettings};
 pub use source::{PlayerSource, DEFAULT_PLAYER_BRANCH, DEFAULT_PLAYER_REPOSITORY};
-
-use broker::RetryPolicy;
 
 /// What the worker reports to the dashboard and the log.
 #[derive(Debug, Clone, Serialize)]
