@@ -34,6 +34,10 @@ use crate::WorkerEvent;
 /// Persistent messages survive a broker restart (the queues are durable too).
 const PERSISTENT: u8 = 2;
 
+/// Job messages carry ids and small fields only; a larger body is not a job of ours and goes to
+/// the dead-letter queue unread.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
 /// Opens a broker connection whose I/O runs on the current tokio runtime.
 pub async fn connect(url: &SecretString) -> Result<Connection, lapin::Error> {
     let properties = ConnectionProperties::default()
@@ -157,9 +161,8 @@ impl From<sqlx::Error> for JobError {
     }
 }
 
-/// What a queue's consumer does with its messages. Public so a job benchmark drives the real
-/// consume path ([`consume`]) with its own handlers.
-pub trait JobHandler: Send + Sync + 'static {
+/// What a queue's consumer does with its messages.
+pub(crate) trait JobHandler: Send + Sync + 'static {
     const QUEUE: Queue;
     /// The message body; a body that does not parse goes to the dead-letter queue at once.
     type Job: DeserializeOwned + Send + Sync + 'static;
@@ -185,7 +188,7 @@ pub trait JobHandler: Send + Sync + 'static {
 
 /// Retry policy: attempts and backoff.
 #[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     pub max_attempts: u32,
     pub backoff_base: Duration,
 }
@@ -201,7 +204,7 @@ impl RetryPolicy {
 /// Consumes one queue until the connection fails (an error) or `shutdown` fires (Ok). On
 /// shutdown it stops taking messages and waits for the jobs in flight; jobs that observe the
 /// cancellation put their message back.
-pub async fn consume<H: JobHandler>(
+pub(crate) async fn consume<H: JobHandler>(
     connection: &Connection,
     handler: Arc<H>,
     limits: QueueLimits,
@@ -279,6 +282,14 @@ impl<H: JobHandler> Job<H> {
     async fn process(self, delivery: Delivery) {
         let queue = H::QUEUE;
         let attempt = attempt_of(&delivery);
+        if delivery.data.len() > MAX_MESSAGE_BYTES {
+            let reason = format!(
+                "oversized message: {} bytes (a job message is at most {MAX_MESSAGE_BYTES})",
+                delivery.data.len()
+            );
+            self.dead_letter(&delivery, None, &reason, None).await;
+            return;
+        }
         let job = match serde_json::from_slice::<H::Job>(&delivery.data) {
             Ok(job) => job,
             Err(error) => {
