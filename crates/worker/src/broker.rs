@@ -161,8 +161,9 @@ impl From<sqlx::Error> for JobError {
     }
 }
 
-/// What a queue's consumer does with its messages.
-pub(crate) trait JobHandler: Send + Sync + 'static {
+/// What a queue's consumer does with its messages. Public so a job benchmark drives the real
+/// consume path ([`consume`]) with its own handlers.
+pub trait JobHandler: Send + Sync + 'static {
     const QUEUE: Queue;
     /// The message body; a body that does not parse goes to the dead-letter queue at once.
     type Job: DeserializeOwned + Send + Sync + 'static;
@@ -188,7 +189,7 @@ pub(crate) trait JobHandler: Send + Sync + 'static {
 
 /// Retry policy: attempts and backoff.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct RetryPolicy {
+pub struct RetryPolicy {
     pub max_attempts: u32,
     pub backoff_base: Duration,
 }
@@ -204,7 +205,7 @@ impl RetryPolicy {
 /// Consumes one queue until the connection fails (an error) or `shutdown` fires (Ok). On
 /// shutdown it stops taking messages and waits for the jobs in flight; jobs that observe the
 /// cancellation put their message back.
-pub(crate) async fn consume<H: JobHandler>(
+pub async fn consume<H: JobHandler>(
     connection: &Connection,
     handler: Arc<H>,
     limits: QueueLimits,
