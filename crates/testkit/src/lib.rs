@@ -220,3 +220,112 @@ pub async fn restart_rabbitmq() {
 pub async fn restart_postgres() {
     test_services("restart-postgres").await
 }
+
+/// moto's S3-compatible server, installed by the test command in its Python venv
+/// (`pip_tools` in scripts/lib.sh); `LOOKIT_TEST_MOTO_SERVER` points elsewhere.
+const MOTO_SERVER: &str = "/var/cache/lookit-local/tools/venv/bin/moto_server";
+
+/// An S3-compatible server (moto) on loopback, one per test binary, started on first use and
+/// killed when the test process ends. It accepts any credentials; tests use
+/// [`S3Server::ACCESS_KEY_ID`] and [`S3Server::SECRET_ACCESS_KEY`].
+pub struct S3Server {
+    endpoint: String,
+}
+
+static S3_SERVER: tokio::sync::OnceCell<S3Server> = tokio::sync::OnceCell::const_new();
+
+/// The test binary's S3 server, answering requests.
+pub async fn s3_server() -> &'static S3Server {
+    S3_SERVER.get_or_init(S3Server::start).await
+}
+
+impl S3Server {
+    pub const ACCESS_KEY_ID: &'static str = "lookit-test";
+    pub const SECRET_ACCESS_KEY: &'static str = "lookit-test-secret";
+    pub const REGION: &'static str = "us-east-1";
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Creates an empty bucket for one test and returns its name.
+    pub async fn fresh_bucket(&self) -> String {
+        let name = format!("test-{}", uuid::Uuid::new_v4().simple());
+        reqwest::Client::new()
+            .put(format!("{}/{name}", self.endpoint))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("create a bucket on the test S3 server");
+        name
+    }
+
+    async fn start() -> S3Server {
+        install_crypto_provider();
+        let binary =
+            std::env::var("LOOKIT_TEST_MOTO_SERVER").unwrap_or_else(|_| MOTO_SERVER.into());
+        let (port_sender, port) = std::sync::mpsc::channel();
+        // The server is spawned from a thread that lives exactly as long as the server (it reads
+        // the server's log until it closes): the kernel kills the server when the thread that
+        // started it ends (PR_SET_PDEATHSIG), i.e. when the test process exits, never earlier.
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            use std::os::unix::process::CommandExt;
+            let mut command = std::process::Command::new(&binary);
+            command
+                .args(["-H", "127.0.0.1", "-p", "0"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            // SAFETY: only an async-signal-safe prctl call between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                        .map_err(std::io::Error::from)
+                });
+            }
+            let mut child = match command.spawn() {
+                Ok(child) => child,
+                Err(e) => {
+                    let _ = port_sender.send(Err(format!(
+                        "start {binary}: {e} (the test command installs moto in its venv)"
+                    )));
+                    return;
+                }
+            };
+            let log = std::io::BufReader::new(child.stderr.take().expect("piped"));
+            // werkzeug announces `Running on http://127.0.0.1:<port>`; the rest of the log is
+            // read (and dropped) so the server never blocks on a full pipe.
+            for line in log.lines().map_while(Result::ok) {
+                if let Some(port) = line
+                    .split("http://127.0.0.1:")
+                    .nth(1)
+                    .and_then(|rest| rest.trim().parse::<u16>().ok())
+                {
+                    let _ = port_sender.send(Ok(port));
+                }
+            }
+            let _ = port_sender.send(Err(format!("{binary} exited: {:?}", child.wait())));
+        });
+        let port = tokio::task::spawn_blocking(move || {
+            port.recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|e| Err(format!("no port announced by moto: {e}")))
+        })
+        .await
+        .expect("waiting task")
+        .unwrap_or_else(|e| panic!("the test S3 server did not start: {e}"));
+        let endpoint = format!("http://127.0.0.1:{port}");
+        // The port is announced just before the server accepts; wait until it answers.
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while client.get(&endpoint).send().await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the test S3 server at {endpoint} does not answer"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        S3Server { endpoint }
+    }
+}

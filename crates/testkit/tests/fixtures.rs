@@ -43,3 +43,22 @@ async fn fresh_vhost_exists_until_dropped() {
     drop(vhost);
     assert_eq!(get().await.unwrap().status(), 404);
 }
+
+#[tokio::test]
+async fn the_s3_server_keeps_buckets_apart() {
+    let server = lookit_testkit::s3_server().await;
+    let a = server.fresh_bucket().await;
+    let b = server.fresh_bucket().await;
+    assert_ne!(a, b);
+    // Started once per test binary: a second call gives the same server.
+    assert_eq!(
+        lookit_testkit::s3_server().await.endpoint(),
+        server.endpoint()
+    );
+    let listing = reqwest::get(format!("{}/{a}", server.endpoint()))
+        .await
+        .unwrap();
+    assert!(listing.status().is_success(), "{}", listing.status());
+    let body = listing.text().await.unwrap();
+    assert!(body.contains(&a) && !body.contains("<Key>"), "{body}");
+}
