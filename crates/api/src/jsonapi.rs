@@ -15,6 +15,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{json, Map, Value};
+use sqlx::postgres::PgRow;
 use sqlx::PgPool;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -123,6 +124,81 @@ fn offset(page: i64) -> i64 {
     (page - 1) * PAGE_SIZE
 }
 
+/// A read-only JSON:API resource backed by one table: how its rows are selected, who may see
+/// them, and how one is rendered. [`visible`] and [`list`] serve every resource through it, so
+/// the visibility rule of a resource is written once.
+trait Resource: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin {
+    /// The table, selected as [`Self::ALIAS`].
+    const TABLE: &'static str;
+    const ALIAS: &'static str;
+    /// The selected columns, qualified by the alias.
+    const COLUMNS: &'static str;
+    /// The rows the caller may see, over `$1` user id, `$2` researcher, `$3` staff ([`Scope`]).
+    const VISIBLE: &'static str;
+    /// The rows lists show, among the visible ones.
+    const LISTED: &'static str = "true";
+    /// What a 404 calls it.
+    const NAME: &'static str;
+    /// The `count(*) OVER ()` of a list query (0 for a single row).
+    fn total(&self) -> i64;
+    fn resource(&self) -> Value;
+}
+
+/// The resource `id` when the caller may see it; a 404 naming the resource otherwise.
+async fn visible<R: Resource>(pool: &PgPool, scope: &Scope, id: Uuid) -> ApiResult<R> {
+    sqlx::query_as(&format!(
+        "SELECT {} FROM {} {alias} WHERE {} AND {alias}.id = $4",
+        R::COLUMNS,
+        R::TABLE,
+        R::VISIBLE,
+        alias = R::ALIAS,
+    ))
+    .bind(scope.user_id)
+    .bind(scope.researcher)
+    .bind(scope.staff)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found(R::NAME))
+}
+
+/// A page of the listed resources the caller may see, as a JSON:API list document at `path`.
+/// Each filter `(column, value)` keeps the rows whose column equals the value, when given.
+async fn list<R: Resource>(
+    pool: &PgPool,
+    scope: &Scope,
+    path: &str,
+    params: &Params,
+    filters: &[(&str, Option<Uuid>)],
+) -> ApiResult<Document> {
+    let page = page(params)?;
+    let alias = R::ALIAS;
+    let filtered: String = filters
+        .iter()
+        .enumerate()
+        .map(|(i, (column, _))| format!(" AND (${n}::uuid IS NULL OR {column} = ${n})", n = i + 4))
+        .collect();
+    let sql = format!(
+        "SELECT {}, count(*) OVER () AS total FROM {} {alias} WHERE {} AND {}{filtered} \
+         ORDER BY {alias}.pk LIMIT {PAGE_SIZE} OFFSET ${}",
+        R::COLUMNS,
+        R::TABLE,
+        R::VISIBLE,
+        R::LISTED,
+        filters.len() + 4,
+    );
+    let mut query = sqlx::query_as::<_, R>(&sql)
+        .bind(scope.user_id)
+        .bind(scope.researcher)
+        .bind(scope.staff);
+    for (_, value) in filters {
+        query = query.bind(*value);
+    }
+    let rows = query.bind(offset(page)).fetch_all(pool).await?;
+    let total = rows.first().map_or(0, R::total);
+    list_document(path, page, total, rows.iter().map(R::resource).collect())
+}
+
 // ---- users -------------------------------------------------------------------------------
 
 #[derive(sqlx::FromRow)]
@@ -137,7 +213,17 @@ struct UserRow {
     total: i64,
 }
 
-impl UserRow {
+impl Resource for UserRow {
+    const TABLE: &'static str = "users";
+    const ALIAS: &'static str = "u";
+    const COLUMNS: &'static str =
+        "u.id, u.pk, u.username, u.given_name, u.family_name, u.is_researcher";
+    /// The caller; every user for staff.
+    const VISIBLE: &'static str = "(u.id = $1 OR $3)";
+    const NAME: &'static str = "user";
+    fn total(&self) -> i64 {
+        self.total
+    }
     fn resource(&self) -> Value {
         json!({
             "type": "users",
@@ -157,8 +243,6 @@ impl UserRow {
     }
 }
 
-const USER_VISIBLE: &str = "(u.id = $1 OR $2)";
-
 #[utoipa::path(get, path = "/users/", tag = "jsonapi",
     params(("page" = Option<i64>, Query)),
     responses((status = 200, description = "the caller (staff: every user)")))]
@@ -167,24 +251,7 @@ async fn users_list(
     Caller(user): Caller,
     Query(params): Query<Params>,
 ) -> ApiResult<Document> {
-    let scope = Scope::of(&user);
-    let page = page(&params)?;
-    let rows: Vec<UserRow> = sqlx::query_as(&format!(
-        "SELECT u.id, u.pk, u.username, u.given_name, u.family_name, u.is_researcher, \
-         count(*) OVER () AS total FROM users u WHERE {USER_VISIBLE} ORDER BY u.pk LIMIT {PAGE_SIZE} OFFSET $3"
-    ))
-    .bind(scope.user_id)
-    .bind(scope.staff)
-    .bind(offset(page))
-    .fetch_all(state.pool())
-    .await?;
-    let total = rows.first().map_or(0, |r| r.total);
-    list_document(
-        "/users/",
-        page,
-        total,
-        rows.iter().map(UserRow::resource).collect(),
-    )
+    list::<UserRow>(state.pool(), &Scope::of(&user), "/users/", &params, &[]).await
 }
 
 #[utoipa::path(get, path = "/users/{id}/", tag = "jsonapi",
@@ -195,17 +262,7 @@ async fn users_get(
     Caller(user): Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Document> {
-    let scope = Scope::of(&user);
-    let row: UserRow = sqlx::query_as(&format!(
-        "SELECT u.id, u.pk, u.username, u.given_name, u.family_name, u.is_researcher \
-         FROM users u WHERE {USER_VISIBLE} AND u.id = $3"
-    ))
-    .bind(scope.user_id)
-    .bind(scope.staff)
-    .bind(id)
-    .fetch_optional(state.pool())
-    .await?
-    .ok_or_else(|| ApiError::not_found("user"))?;
+    let row: UserRow = visible(state.pool(), &Scope::of(&user), id).await?;
     Ok(single_document(StatusCode::OK, row.resource()))
 }
 
@@ -223,7 +280,17 @@ struct LabRow {
     total: i64,
 }
 
-impl LabRow {
+impl Resource for LabRow {
+    const TABLE: &'static str = "labs";
+    const ALIAS: &'static str = "l";
+    const COLUMNS: &'static str =
+        "l.id, l.pk, l.name, l.institution, l.contact_email, l.approved_to_test";
+    /// Approved labs, for everyone.
+    const VISIBLE: &'static str = "l.approved_to_test";
+    const NAME: &'static str = "lab";
+    fn total(&self) -> i64 {
+        self.total
+    }
     fn resource(&self) -> Value {
         json!({
             "type": "labs",
@@ -240,46 +307,24 @@ impl LabRow {
     }
 }
 
-const LAB_COLUMNS: &str = "id, pk, name, institution, contact_email, approved_to_test";
-
 #[utoipa::path(get, path = "/labs/", tag = "jsonapi", params(("page" = Option<i64>, Query)),
     responses((status = 200, description = "approved labs")))]
 async fn labs_list(
     State(state): State<ApiState>,
-    _caller: Caller,
+    Caller(user): Caller,
     Query(params): Query<Params>,
 ) -> ApiResult<Document> {
-    let page = page(&params)?;
-    let rows: Vec<LabRow> = sqlx::query_as(&format!(
-        "SELECT {LAB_COLUMNS}, count(*) OVER () AS total FROM labs WHERE approved_to_test \
-         ORDER BY pk LIMIT {PAGE_SIZE} OFFSET $1"
-    ))
-    .bind(offset(page))
-    .fetch_all(state.pool())
-    .await?;
-    let total = rows.first().map_or(0, |r| r.total);
-    list_document(
-        "/labs/",
-        page,
-        total,
-        rows.iter().map(LabRow::resource).collect(),
-    )
+    list::<LabRow>(state.pool(), &Scope::of(&user), "/labs/", &params, &[]).await
 }
 
 #[utoipa::path(get, path = "/labs/{id}/", tag = "jsonapi", params(("id" = Uuid, Path)),
     responses((status = 200, description = "one approved lab"), (status = 404, description = "not found")))]
 async fn labs_get(
     State(state): State<ApiState>,
-    _caller: Caller,
+    Caller(user): Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Document> {
-    let row: LabRow = sqlx::query_as(&format!(
-        "SELECT {LAB_COLUMNS} FROM labs WHERE approved_to_test AND id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(state.pool())
-    .await?
-    .ok_or_else(|| ApiError::not_found("lab"))?;
+    let row: LabRow = visible(state.pool(), &Scope::of(&user), id).await?;
     Ok(single_document(StatusCode::OK, row.resource()))
 }
 
@@ -300,7 +345,20 @@ struct StudyRow {
     total: i64,
 }
 
-impl StudyRow {
+impl Resource for StudyRow {
+    const TABLE: &'static str = "studies";
+    const ALIAS: &'static str = "s";
+    const COLUMNS: &'static str =
+        "s.id, s.pk, s.name, s.lab_id, s.study_type, s.state, s.public, s.structure, s.created_at";
+    /// Active studies for everyone; any study of their labs for researchers; all for staff.
+    const VISIBLE: &'static str = "(s.state = 'active' OR $3 OR ($2 AND s.lab_id IN \
+        (SELECT lab_id FROM lab_researchers WHERE user_id = $1)))";
+    /// Lists show the active studies only.
+    const LISTED: &'static str = "s.state = 'active'";
+    const NAME: &'static str = "study";
+    fn total(&self) -> i64 {
+        self.total
+    }
     fn resource(&self) -> Value {
         json!({
             "type": "studies",
@@ -323,47 +381,14 @@ impl StudyRow {
     }
 }
 
-const STUDY_COLUMNS: &str =
-    "s.id, s.pk, s.name, s.lab_id, s.study_type, s.state, s.public, s.structure, s.created_at";
-/// Active studies for everyone; any study of their labs for researchers; all for staff.
-const STUDY_VISIBLE: &str = "(s.state = 'active' OR $3 OR ($2 AND s.lab_id IN \
-    (SELECT lab_id FROM lab_researchers WHERE user_id = $1)))";
-
 #[utoipa::path(get, path = "/studies/", tag = "jsonapi", params(("page" = Option<i64>, Query)),
     responses((status = 200, description = "active studies")))]
 async fn studies_list(
     State(state): State<ApiState>,
-    _caller: Caller,
+    Caller(user): Caller,
     Query(params): Query<Params>,
 ) -> ApiResult<Document> {
-    let page = page(&params)?;
-    let rows: Vec<StudyRow> = sqlx::query_as(&format!(
-        "SELECT {STUDY_COLUMNS}, count(*) OVER () AS total FROM studies s \
-         WHERE s.state = 'active' ORDER BY s.pk LIMIT {PAGE_SIZE} OFFSET $1"
-    ))
-    .bind(offset(page))
-    .fetch_all(state.pool())
-    .await?;
-    let total = rows.first().map_or(0, |r| r.total);
-    list_document(
-        "/studies/",
-        page,
-        total,
-        rows.iter().map(StudyRow::resource).collect(),
-    )
-}
-
-async fn visible_study(pool: &PgPool, scope: &Scope, id: Uuid) -> ApiResult<StudyRow> {
-    sqlx::query_as(&format!(
-        "SELECT {STUDY_COLUMNS} FROM studies s WHERE {STUDY_VISIBLE} AND s.id = $4"
-    ))
-    .bind(scope.user_id)
-    .bind(scope.researcher)
-    .bind(scope.staff)
-    .bind(id)
-    .fetch_optional(pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found("study"))
+    list::<StudyRow>(state.pool(), &Scope::of(&user), "/studies/", &params, &[]).await
 }
 
 #[utoipa::path(get, path = "/studies/{id}/", tag = "jsonapi", params(("id" = Uuid, Path)),
@@ -373,7 +398,7 @@ async fn studies_get(
     Caller(user): Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Document> {
-    let row = visible_study(state.pool(), &Scope::of(&user), id).await?;
+    let row: StudyRow = visible(state.pool(), &Scope::of(&user), id).await?;
     Ok(single_document(StatusCode::OK, row.resource()))
 }
 
@@ -390,7 +415,18 @@ struct ChildRow {
     total: i64,
 }
 
-impl ChildRow {
+impl Resource for ChildRow {
+    const TABLE: &'static str = "children";
+    const ALIAS: &'static str = "c";
+    const COLUMNS: &'static str = "c.id, c.pk, c.user_id, c.given_name, c.birthday";
+    /// Own children; children who took part in the caller's labs' studies; all for staff.
+    const VISIBLE: &'static str = "(c.user_id = $1 OR $3 OR ($2 AND c.id IN (SELECT r.child_id \
+        FROM responses r JOIN studies s ON s.id = r.study_id JOIN lab_researchers lr \
+        ON lr.lab_id = s.lab_id WHERE lr.user_id = $1)))";
+    const NAME: &'static str = "child";
+    fn total(&self) -> i64 {
+        self.total
+    }
     fn resource(&self) -> Value {
         json!({
             "type": "children",
@@ -406,32 +442,6 @@ impl ChildRow {
     }
 }
 
-const CHILD_COLUMNS: &str = "c.id, c.pk, c.user_id, c.given_name, c.birthday";
-/// Own children; children who took part in the caller's labs' studies; all for staff.
-const CHILD_VISIBLE: &str = "(c.user_id = $1 OR $3 OR ($2 AND c.id IN (SELECT r.child_id \
-    FROM responses r JOIN studies s ON s.id = r.study_id JOIN lab_researchers lr \
-    ON lr.lab_id = s.lab_id WHERE lr.user_id = $1)))";
-
-async fn children_page(
-    pool: &PgPool,
-    scope: &Scope,
-    of_user: Option<Uuid>,
-    page: i64,
-) -> ApiResult<Vec<ChildRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {CHILD_COLUMNS}, count(*) OVER () AS total FROM children c \
-         WHERE {CHILD_VISIBLE} AND ($4::uuid IS NULL OR c.user_id = $4) \
-         ORDER BY c.pk LIMIT {PAGE_SIZE} OFFSET $5"
-    ))
-    .bind(scope.user_id)
-    .bind(scope.researcher)
-    .bind(scope.staff)
-    .bind(of_user)
-    .bind(offset(page))
-    .fetch_all(pool)
-    .await?)
-}
-
 #[utoipa::path(get, path = "/children/", tag = "jsonapi", params(("page" = Option<i64>, Query)),
     responses((status = 200, description = "children the caller may see")))]
 async fn children_list(
@@ -439,15 +449,7 @@ async fn children_list(
     Caller(user): Caller,
     Query(params): Query<Params>,
 ) -> ApiResult<Document> {
-    let page = page(&params)?;
-    let rows = children_page(state.pool(), &Scope::of(&user), None, page).await?;
-    let total = rows.first().map_or(0, |r| r.total);
-    list_document(
-        "/children/",
-        page,
-        total,
-        rows.iter().map(ChildRow::resource).collect(),
-    )
+    list::<ChildRow>(state.pool(), &Scope::of(&user), "/children/", &params, &[]).await
 }
 
 #[utoipa::path(get, path = "/children/{id}/", tag = "jsonapi", params(("id" = Uuid, Path)),
@@ -457,17 +459,7 @@ async fn children_get(
     Caller(user): Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Document> {
-    let scope = Scope::of(&user);
-    let row: ChildRow = sqlx::query_as(&format!(
-        "SELECT {CHILD_COLUMNS} FROM children c WHERE {CHILD_VISIBLE} AND c.id = $4"
-    ))
-    .bind(scope.user_id)
-    .bind(scope.researcher)
-    .bind(scope.staff)
-    .bind(id)
-    .fetch_optional(state.pool())
-    .await?
-    .ok_or_else(|| ApiError::not_found("child"))?;
+    let row: ChildRow = visible(state.pool(), &Scope::of(&user), id).await?;
     Ok(single_document(StatusCode::OK, row.resource()))
 }
 
@@ -484,15 +476,15 @@ async fn user_children(
     if id != scope.user_id && !scope.staff {
         return Err(ApiError::not_found("user"));
     }
-    let page = page(&params)?;
-    let rows = children_page(state.pool(), &scope, Some(id), page).await?;
-    let total = rows.first().map_or(0, |r| r.total);
-    list_document(
-        &format!("/users/{id}/children/"),
-        page,
-        total,
-        rows.iter().map(ChildRow::resource).collect(),
+    let path = format!("/users/{id}/children/");
+    list::<ChildRow>(
+        state.pool(),
+        &scope,
+        &path,
+        &params,
+        &[("c.user_id", Some(id))],
     )
+    .await
 }
 
 // ---- responses ---------------------------------------------------------------------------
@@ -517,7 +509,18 @@ struct ResponseRow {
     total: i64,
 }
 
-impl ResponseRow {
+impl Resource for ResponseRow {
+    const TABLE: &'static str = "responses";
+    const ALIAS: &'static str = "r";
+    const COLUMNS: &'static str = RESPONSE_COLUMNS;
+    /// Responses of own children; of the caller's labs' studies for researchers; all for staff.
+    const VISIBLE: &'static str = "(r.child_id IN (SELECT id FROM children WHERE user_id = $1) \
+        OR $3 OR ($2 AND r.study_id IN (SELECT s.id FROM studies s JOIN lab_researchers lr \
+        ON lr.lab_id = s.lab_id WHERE lr.user_id = $1)))";
+    const NAME: &'static str = "response";
+    fn total(&self) -> i64 {
+        self.total
+    }
     fn resource(&self) -> Value {
         json!({
             "type": "responses",
@@ -547,33 +550,6 @@ impl ResponseRow {
 const RESPONSE_COLUMNS: &str = "r.id, r.pk, r.study_id, r.child_id, r.completed, \
     r.completed_consent_frame, r.exp_data, r.conditions, r.sequence, r.global_event_timings, \
     r.is_preview, r.recording_method, r.created_at, r.modified_at";
-/// Responses of own children; of the caller's labs' studies for researchers; all for staff.
-const RESPONSE_VISIBLE: &str = "(r.child_id IN (SELECT id FROM children WHERE user_id = $1) \
-    OR $3 OR ($2 AND r.study_id IN (SELECT s.id FROM studies s JOIN lab_researchers lr \
-    ON lr.lab_id = s.lab_id WHERE lr.user_id = $1)))";
-
-async fn responses_page(
-    pool: &PgPool,
-    scope: &Scope,
-    child: Option<Uuid>,
-    study: Option<Uuid>,
-    page: i64,
-) -> ApiResult<Vec<ResponseRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {RESPONSE_COLUMNS}, count(*) OVER () AS total FROM responses r \
-         WHERE {RESPONSE_VISIBLE} AND ($4::uuid IS NULL OR r.child_id = $4) \
-         AND ($5::uuid IS NULL OR r.study_id = $5) ORDER BY r.pk LIMIT {PAGE_SIZE} OFFSET $6"
-    ))
-    .bind(scope.user_id)
-    .bind(scope.researcher)
-    .bind(scope.staff)
-    .bind(child)
-    .bind(study)
-    .bind(offset(page))
-    .fetch_all(pool)
-    .await?)
-}
-
 #[utoipa::path(get, path = "/responses/", tag = "jsonapi",
     params(("page" = Option<i64>, Query), ("child" = Option<Uuid>, Query), ("study" = Option<Uuid>, Query)),
     responses((status = 200, description = "responses the caller may see, filtered")))]
@@ -582,17 +558,18 @@ async fn responses_list(
     Caller(user): Caller,
     Query(params): Query<Params>,
 ) -> ApiResult<Document> {
-    let page = page(&params)?;
-    let child = uuid_filter(&params, "child")?;
-    let study = uuid_filter(&params, "study")?;
-    let rows = responses_page(state.pool(), &Scope::of(&user), child, study, page).await?;
-    let total = rows.first().map_or(0, |r| r.total);
-    list_document(
+    let filters = [
+        ("r.child_id", uuid_filter(&params, "child")?),
+        ("r.study_id", uuid_filter(&params, "study")?),
+    ];
+    list::<ResponseRow>(
+        state.pool(),
+        &Scope::of(&user),
         "/responses/",
-        page,
-        total,
-        rows.iter().map(ResponseRow::resource).collect(),
+        &params,
+        &filters,
     )
+    .await
 }
 
 #[utoipa::path(get, path = "/studies/{id}/responses/", tag = "jsonapi",
@@ -606,29 +583,16 @@ async fn study_responses(
     Query(params): Query<Params>,
 ) -> ApiResult<Document> {
     let scope = Scope::of(&user);
-    visible_study(state.pool(), &scope, id).await?;
-    let page = page(&params)?;
-    let rows = responses_page(state.pool(), &scope, None, Some(id), page).await?;
-    let total = rows.first().map_or(0, |r| r.total);
-    list_document(
-        &format!("/studies/{id}/responses/"),
-        page,
-        total,
-        rows.iter().map(ResponseRow::resource).collect(),
+    visible::<StudyRow>(state.pool(), &scope, id).await?;
+    let path = format!("/studies/{id}/responses/");
+    list::<ResponseRow>(
+        state.pool(),
+        &scope,
+        &path,
+        &params,
+        &[("r.study_id", Some(id))],
     )
-}
-
-async fn visible_response(pool: &PgPool, scope: &Scope, id: Uuid) -> ApiResult<ResponseRow> {
-    sqlx::query_as(&format!(
-        "SELECT {RESPONSE_COLUMNS} FROM responses r WHERE {RESPONSE_VISIBLE} AND r.id = $4"
-    ))
-    .bind(scope.user_id)
-    .bind(scope.researcher)
-    .bind(scope.staff)
-    .bind(id)
-    .fetch_optional(pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found("response"))
+    .await
 }
 
 #[utoipa::path(get, path = "/responses/{id}/", tag = "jsonapi", params(("id" = Uuid, Path)),
@@ -638,7 +602,7 @@ async fn responses_get(
     Caller(user): Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Document> {
-    let row = visible_response(state.pool(), &Scope::of(&user), id).await?;
+    let row: ResponseRow = visible(state.pool(), &Scope::of(&user), id).await?;
     Ok(single_document(StatusCode::OK, row.resource()))
 }
 
@@ -782,7 +746,7 @@ async fn responses_create(
         _ => return Err(ApiError::bad_request("child: not one of your children")),
     }
     // Participants answer active studies; researchers may preview their labs' studies.
-    let study = visible_study(pool, &scope, study_id)
+    let study: StudyRow = visible(pool, &scope, study_id)
         .await
         .map_err(|_| ApiError::bad_request("study: no such study open to you"))?;
     let is_preview = changes.is_preview.unwrap_or(false) || study.state != "active";
@@ -909,7 +873,20 @@ struct DemographicsRow {
     total: i64,
 }
 
-impl DemographicsRow {
+impl Resource for DemographicsRow {
+    const TABLE: &'static str = "demographics";
+    const ALIAS: &'static str = "d";
+    const COLUMNS: &'static str = "d.id, d.pk, d.user_id, d.country, d.state, d.density, \
+        d.languages_spoken_at_home, d.number_of_children, d.child_birthdays, \
+        d.number_of_guardians, d.race_identification, d.age, d.gender, d.education_level, \
+        d.annual_income, d.number_of_books, d.additional_comments, d.lookit_referrer, d.extra, \
+        d.created_at";
+    /// Only ever the caller's own, staff included.
+    const VISIBLE: &'static str = "d.user_id = $1";
+    const NAME: &'static str = "demographic data";
+    fn total(&self) -> i64 {
+        self.total
+    }
     fn resource(&self) -> Value {
         json!({
             "type": "demographics",
@@ -940,11 +917,6 @@ impl DemographicsRow {
     }
 }
 
-const DEMOGRAPHICS_COLUMNS: &str = "d.id, d.pk, d.user_id, d.country, d.state, d.density, \
-    d.languages_spoken_at_home, d.number_of_children, d.child_birthdays, d.number_of_guardians, \
-    d.race_identification, d.age, d.gender, d.education_level, d.annual_income, \
-    d.number_of_books, d.additional_comments, d.lookit_referrer, d.extra, d.created_at";
-
 #[utoipa::path(get, path = "/demographics/", tag = "jsonapi", params(("page" = Option<i64>, Query)),
     responses((status = 200, description = "the caller's own demographic snapshots, oldest first")))]
 async fn demographics_list(
@@ -952,22 +924,14 @@ async fn demographics_list(
     Caller(user): Caller,
     Query(params): Query<Params>,
 ) -> ApiResult<Document> {
-    let page = page(&params)?;
-    let rows: Vec<DemographicsRow> = sqlx::query_as(&format!(
-        "SELECT {DEMOGRAPHICS_COLUMNS}, count(*) OVER () AS total FROM demographics d \
-         WHERE d.user_id = $1 ORDER BY d.pk LIMIT {PAGE_SIZE} OFFSET $2"
-    ))
-    .bind(user.id)
-    .bind(offset(page))
-    .fetch_all(state.pool())
-    .await?;
-    let total = rows.first().map_or(0, |r| r.total);
-    list_document(
+    list::<DemographicsRow>(
+        state.pool(),
+        &Scope::of(&user),
         "/demographics/",
-        page,
-        total,
-        rows.iter().map(DemographicsRow::resource).collect(),
+        &params,
+        &[],
     )
+    .await
 }
 
 #[utoipa::path(get, path = "/demographics/{id}/", tag = "jsonapi", params(("id" = Uuid, Path)),
@@ -978,14 +942,7 @@ async fn demographics_get(
     Caller(user): Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Document> {
-    let row: DemographicsRow = sqlx::query_as(&format!(
-        "SELECT {DEMOGRAPHICS_COLUMNS} FROM demographics d WHERE d.user_id = $1 AND d.id = $2"
-    ))
-    .bind(user.id)
-    .bind(id)
-    .fetch_optional(state.pool())
-    .await?
-    .ok_or_else(|| ApiError::not_found("demographic data"))?;
+    let row: DemographicsRow = visible(state.pool(), &Scope::of(&user), id).await?;
     Ok(single_document(StatusCode::OK, row.resource()))
 }
 
@@ -1003,7 +960,19 @@ struct FeedbackRow {
     total: i64,
 }
 
-impl FeedbackRow {
+impl Resource for FeedbackRow {
+    const TABLE: &'static str = "feedback";
+    const ALIAS: &'static str = "f";
+    const COLUMNS: &'static str = FEEDBACK_COLUMNS;
+    /// Seen by whoever sees its response (the participant, the lab's researchers, staff).
+    const VISIBLE: &'static str = "f.response_id IN (SELECT r.id FROM responses r WHERE \
+        (r.child_id IN (SELECT id FROM children WHERE user_id = $1) OR $3 OR ($2 AND r.study_id \
+        IN (SELECT s.id FROM studies s JOIN lab_researchers lr ON lr.lab_id = s.lab_id \
+        WHERE lr.user_id = $1))))";
+    const NAME: &'static str = "feedback";
+    fn total(&self) -> i64 {
+        self.total
+    }
     fn resource(&self) -> Value {
         json!({
             "type": "feedback",
@@ -1024,12 +993,6 @@ impl FeedbackRow {
 
 const FEEDBACK_COLUMNS: &str =
     "f.id, f.pk, f.response_id, f.researcher_id, f.comment, f.created_at";
-/// Feedback is seen by whoever sees its response (the participant, the lab's researchers, staff).
-const FEEDBACK_VISIBLE: &str = "f.response_id IN (SELECT r.id FROM responses r WHERE \
-    (r.child_id IN (SELECT id FROM children WHERE user_id = $1) OR $3 OR ($2 AND r.study_id IN \
-    (SELECT s.id FROM studies s JOIN lab_researchers lr ON lr.lab_id = s.lab_id \
-    WHERE lr.user_id = $1))))";
-
 #[utoipa::path(get, path = "/feedback/", tag = "jsonapi",
     params(("page" = Option<i64>, Query), ("response" = Option<Uuid>, Query)),
     responses((status = 200, description = "feedback on responses the caller may see")))]
@@ -1038,28 +1001,15 @@ async fn feedback_list(
     Caller(user): Caller,
     Query(params): Query<Params>,
 ) -> ApiResult<Document> {
-    let scope = Scope::of(&user);
-    let page = page(&params)?;
-    let response = uuid_filter(&params, "response")?;
-    let rows: Vec<FeedbackRow> = sqlx::query_as(&format!(
-        "SELECT {FEEDBACK_COLUMNS}, count(*) OVER () AS total FROM feedback f \
-         WHERE {FEEDBACK_VISIBLE} AND ($4::uuid IS NULL OR f.response_id = $4) \
-         ORDER BY f.pk LIMIT {PAGE_SIZE} OFFSET $5"
-    ))
-    .bind(scope.user_id)
-    .bind(scope.researcher)
-    .bind(scope.staff)
-    .bind(response)
-    .bind(offset(page))
-    .fetch_all(state.pool())
-    .await?;
-    let total = rows.first().map_or(0, |r| r.total);
-    list_document(
+    let filters = [("f.response_id", uuid_filter(&params, "response")?)];
+    list::<FeedbackRow>(
+        state.pool(),
+        &Scope::of(&user),
         "/feedback/",
-        page,
-        total,
-        rows.iter().map(FeedbackRow::resource).collect(),
+        &params,
+        &filters,
     )
+    .await
 }
 
 #[utoipa::path(get, path = "/feedback/{id}/", tag = "jsonapi", params(("id" = Uuid, Path)),
@@ -1069,17 +1019,7 @@ async fn feedback_get(
     Caller(user): Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Document> {
-    let scope = Scope::of(&user);
-    let row: FeedbackRow = sqlx::query_as(&format!(
-        "SELECT {FEEDBACK_COLUMNS} FROM feedback f WHERE {FEEDBACK_VISIBLE} AND f.id = $4"
-    ))
-    .bind(scope.user_id)
-    .bind(scope.researcher)
-    .bind(scope.staff)
-    .bind(id)
-    .fetch_optional(state.pool())
-    .await?
-    .ok_or_else(|| ApiError::not_found("feedback"))?;
+    let row: FeedbackRow = visible(state.pool(), &Scope::of(&user), id).await?;
     Ok(single_document(StatusCode::OK, row.resource()))
 }
 

@@ -156,9 +156,8 @@ async fn renew_certificate_while_serving(tls: TlsConfig) {
     loop {
         ticks.tick().await;
         let check = tls.clone();
-        match tokio::task::spawn_blocking(move || check.renew_if_due()).await {
-            Ok(Err(error)) => tracing::warn!(%error, "could not renew the HTTPS certificate"),
-            Ok(Ok(_)) | Err(_) => {}
+        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || check.renew_if_due()).await {
+            tracing::warn!(%error, "could not renew the HTTPS certificate");
         }
     }
 }
