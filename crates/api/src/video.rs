@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sha1::Sha1;
 use sha2::Sha256;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use subtle::ConstantTimeEq;
 use url::Url;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -103,12 +103,12 @@ struct NewVideo {
 
 /// Inserts the video after checking the response belongs to the study. Consent footage: the
 /// prefix, or the response's data marks the frame as a consent frame.
-async fn insert_video(pool: &PgPool, video: NewVideo) -> ApiResult<Uuid> {
+async fn insert_video(connection: &mut PgConnection, video: NewVideo) -> ApiResult<Uuid> {
     let exp_data: Option<Value> =
         sqlx::query_scalar("SELECT exp_data FROM responses WHERE id = $1 AND study_id = $2")
             .bind(video.response_id)
             .bind(video.study_id)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *connection)
             .await?;
     let exp_data = exp_data.ok_or_else(|| {
         ApiError::bad_request(format!(
@@ -135,7 +135,7 @@ async fn insert_video(pool: &PgPool, video: NewVideo) -> ApiResult<Uuid> {
     .bind(video.study_id)
     .bind(video.response_id)
     .bind(video.is_consent_footage || consent_frame)
-    .execute(pool)
+    .execute(&mut *connection)
     .await
     .map_err(|e| match ApiError::from(e) {
         ApiError::Conflict(_) => {
@@ -257,9 +257,11 @@ async fn pipe_rename(
     };
     let old_name = data.video_name;
     let new_name = data.payload;
-    rename_stored_video(&state, &old_name, &new_name).await?;
+    // The row first, in a transaction committed only once the object is renamed: a request
+    // refused for its study, response or a duplicate leaves the storage untouched.
+    let mut tx = state.pool().begin().await?;
     insert_video(
-        state.pool(),
+        &mut tx,
         NewVideo {
             full_name: new_name.clone(),
             pipe_name: old_name.clone(),
@@ -272,6 +274,8 @@ async fn pipe_rename(
         },
     )
     .await?;
+    rename_stored_video(&state, &old_name, &new_name).await?;
+    tx.commit().await?;
     Ok((StatusCode::OK, format!("{old_name} --> {new_name}")).into_response())
 }
 
@@ -408,7 +412,7 @@ pub async fn lambda_video(
     let response_id = crate::jsonapi::related_id(&relationships, "response")?;
     let study_id = crate::jsonapi::related_id(&relationships, "study")?;
     let id = insert_video(
-        state.pool(),
+        &mut *state.pool().acquire().await?,
         NewVideo {
             full_name: attributes.full_name.clone(),
             pipe_name: attributes.pipe_name,
