@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use lookit_api::{tls::LocalCa, ApiSettings, ApiState, PublicUrl};
 use lookit_config::{Secrets, TunnelConfig, TunnelProviderChoice};
+use lookit_contracts::BuildStatus;
 use lookit_panel::{
     ActionError, HopOutcome, InspectedRequest, NotificationLevel, PanelEvent, ServiceAction,
     TunnelCheck, TunnelHop,
@@ -25,7 +26,6 @@ use lookit_tunnel::{
     ApiTarget, GuardianSettings, HopResult, InspectorSettings, ProviderSettings, Tunnel,
     TunnelSettings,
 };
-use lookit_contracts::BuildStatus;
 use lookit_worker::{WorkerEvent, WorkerSettings};
 
 use crate::control_plane::InstanceCore;

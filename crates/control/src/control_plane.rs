@@ -15,15 +15,20 @@ use tokio_util::sync::CancellationToken;
 
 use lookit_config::{Config, Home, Secrets};
 use lookit_panel::{
-    ActionError, ControlPlane, InspectedRequest, NotificationLevel, PanelEvent, ServiceAction,
-    ServiceName, StackAction, TunnelAction, TunnelCheck, TunnelOptions,
+    ActionError, BuildAction, BuildSummary, ControlPlane, EmailMessage, EmailSummary,
+    InspectedRequest, NewBuild, NotificationLevel, PanelEvent, ServiceAction, ServiceName,
+    StackAction, StudySummary, TunnelAction, TunnelCheck, TunnelOptions, VideoSummary,
 };
 use lookit_stack::{Stack, StackError, StackEvent, StepOutcome};
 use lookit_status::{DoctorCheck, Endpoint, ServiceState, ServiceStatus, StatusReport};
+use uuid::Uuid;
 
 use crate::apps::Apps;
+use crate::records;
 
-/// How often the snapshot is recomputed even when no event arrived (CPU, memory, queue depths).
+/// How often the snapshot is recomputed even when no event arrived (CPU, memory). A change of
+/// the queue depths recomputes it at once, so a queue change reaches the screen without
+/// waiting for this tick.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(crate) struct InstanceCore {
@@ -220,11 +225,31 @@ impl InstanceCore {
 
     async fn refresh_loop(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(REFRESH_INTERVAL);
+        // The running stack's depths; taken again when a stack (re)appears.
+        let mut depths: Option<watch::Receiver<Vec<lookit_status::QueueDepth>>> = None;
         loop {
-            tokio::select! {
+            let depths_changed = async {
+                match depths.as_mut() {
+                    Some(receiver) => receiver.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let ticked = tokio::select! {
                 _ = self.closing.cancelled() => return,
-                _ = ticker.tick() => self.refresh().await,
+                _ = ticker.tick() => true,
+                alive = depths_changed => {
+                    if !alive {
+                        // That stack's poller ended: look for a stack again at the next tick
+                        // (not at once, which would spin while a stopped stack is still held).
+                        depths = None;
+                    }
+                    false
+                }
+            };
+            if ticked && depths.is_none() {
+                depths = self.stack.read().await.as_ref().map(Stack::queue_depths);
             }
+            self.refresh().await;
         }
     }
 
@@ -281,6 +306,29 @@ impl InstanceCore {
         };
         report.ready = stack_ready && apps_ready;
         report
+    }
+
+    /// The lookit database, while the API runs (it applies the migrations first).
+    async fn database(&self) -> Result<sqlx::PgPool, ActionError> {
+        match &*self.apps.read().await {
+            Some(apps) => Ok(apps.pool().clone()),
+            None => Err(ActionError::Conflict(
+                "the stack is not running; start it first".into(),
+            )),
+        }
+    }
+
+    fn videos_dir(&self) -> std::path::PathBuf {
+        self.home.data_dir().join("videos")
+    }
+
+    /// Tells the Builds page about a build it did not learn of from the worker.
+    fn build_changed(&self, build: &BuildSummary) {
+        let _ = self.events.send(PanelEvent::BuildChanged {
+            build: build.id,
+            status: build.status,
+            stage: build.stage.clone(),
+        });
     }
 
     fn notify(&self, level: NotificationLevel, title: &str, body: &str) {
@@ -429,5 +477,49 @@ impl ControlPlane for InstanceCore {
 
     async fn doctor(&self) -> Result<Vec<DoctorCheck>, ActionError> {
         Ok(lookit_stack::doctor(&self.home, &self.config).await)
+    }
+
+    async fn builds(&self) -> Result<Vec<BuildSummary>, ActionError> {
+        records::builds(&self.database().await?).await
+    }
+
+    async fn build_log(&self, id: Uuid) -> Result<Vec<String>, ActionError> {
+        records::build_log(&self.database().await?, id).await
+    }
+
+    async fn build_action(&self, id: Uuid, action: BuildAction) -> Result<(), ActionError> {
+        let pool = self.database().await?;
+        let build = match action {
+            BuildAction::Rebuild => records::rebuild(&pool, id).await?,
+            BuildAction::Cancel => records::cancel_build(&pool, id).await?,
+        };
+        self.build_changed(&build);
+        Ok(())
+    }
+
+    async fn studies(&self) -> Result<Vec<StudySummary>, ActionError> {
+        records::studies(&self.database().await?).await
+    }
+
+    async fn start_build(&self, request: NewBuild) -> Result<BuildSummary, ActionError> {
+        let build = records::start_build(&self.database().await?, request).await?;
+        self.build_changed(&build);
+        Ok(build)
+    }
+
+    async fn emails(&self) -> Result<Vec<EmailSummary>, ActionError> {
+        records::emails(&self.database().await?).await
+    }
+
+    async fn email(&self, id: Uuid) -> Result<EmailMessage, ActionError> {
+        records::email(&self.database().await?, id, &self.config.email.from_address).await
+    }
+
+    async fn videos(&self) -> Result<Vec<VideoSummary>, ActionError> {
+        records::videos(&self.database().await?, &self.videos_dir()).await
+    }
+
+    async fn video_file(&self, id: Uuid) -> Result<std::path::PathBuf, ActionError> {
+        records::video_file(&self.database().await?, &self.videos_dir(), id).await
     }
 }

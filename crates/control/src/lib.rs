@@ -14,6 +14,7 @@ mod doctor;
 mod instance;
 mod instance_record;
 mod panel_client;
+mod records;
 mod render;
 pub mod telemetry;
 

@@ -21,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::control_plane::{
-    BuildAction, BuildSummary, ControlPlane, DeadLetter, DeadLetterAction, InspectedRequest,
-    PanelEvent, ServiceAction, ServiceName, StackAction, TunnelAction, TunnelCheck, TunnelOptions,
+    BuildAction, BuildSummary, ControlPlane, DeadLetter, DeadLetterAction, EmailMessage,
+    EmailSummary, InspectedRequest, NewBuild, PanelEvent, ServiceAction, ServiceName, StackAction,
+    StudySummary, TunnelAction, TunnelCheck, TunnelOptions, VideoSummary,
 };
 use crate::error::ApiError;
 
@@ -47,7 +48,12 @@ pub fn routes(state: ApiState) -> Router {
         .route("/tunnel/requests", get(tunnel_requests))
         .route("/tunnel/requests/{id}/replay", post(replay_request))
         .route("/tunnel/{action}", post(tunnel_action))
-        .route("/builds", get(builds))
+        .route("/builds", get(builds).post(start_build))
+        .route("/studies", get(studies))
+        .route("/emails", get(emails))
+        .route("/emails/{id}", get(email))
+        .route("/videos", get(videos))
+        .route("/videos/{id}/file", get(video_file))
         .route("/builds/{id}/log", get(build_log))
         .route("/builds/{id}/{action}", post(build_action))
         .route("/queues/{queue}/dead", get(dead_letters))
@@ -209,6 +215,77 @@ async fn replay_request(
 
 async fn builds(State(state): State<ApiState>) -> Result<Json<Vec<BuildSummary>>, ApiError> {
     Ok(Json(state.control.builds().await?))
+}
+
+async fn start_build(
+    State(state): State<ApiState>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<BuildSummary>), ApiError> {
+    let request: NewBuild = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body must be {{\"study\": \"<study id>\", \"player\": \"<folder or repository URL>\" (optional)}}: {e}"
+        ))
+    })?;
+    let build = state.control.start_build(request).await?;
+    Ok((StatusCode::CREATED, Json(build)))
+}
+
+async fn studies(State(state): State<ApiState>) -> Result<Json<Vec<StudySummary>>, ApiError> {
+    Ok(Json(state.control.studies().await?))
+}
+
+async fn emails(State(state): State<ApiState>) -> Result<Json<Vec<EmailSummary>>, ApiError> {
+    Ok(Json(state.control.emails().await?))
+}
+
+async fn email(
+    State(state): State<ApiState>,
+    id: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<EmailMessage>, ApiError> {
+    let id = path_part(id, "email id")?;
+    Ok(Json(state.control.email(id).await?))
+}
+
+async fn videos(State(state): State<ApiState>) -> Result<Json<Vec<VideoSummary>>, ApiError> {
+    Ok(Json(state.control.videos().await?))
+}
+
+/// The video file itself, streamed, for the Videos page's player. A `<video>` element cannot
+/// send headers, so like the event stream it carries the token in the query.
+async fn video_file(
+    State(state): State<ApiState>,
+    id: Result<Path<Uuid>, PathRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let id = path_part(id, "video id")?;
+    let path = state.control.video_file(id).await?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        ApiError::Action(crate::ActionError::Failed(format!(
+            "open the video {}: {e}",
+            path.display()
+        )))
+    })?;
+    let length = file.metadata().await.map(|m| m.len()).ok();
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut response = (
+        [(axum::http::header::CONTENT_TYPE, video_content_type(&path))],
+        body,
+    )
+        .into_response();
+    if let Some(length) = length {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CONTENT_LENGTH, length.into());
+    }
+    Ok(response)
+}
+
+fn video_content_type(path: &std::path::Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("webm") => "video/webm",
+        Some("flv") => "video/x-flv",
+        _ => "video/mp4",
+    }
 }
 
 async fn build_log(

@@ -5,6 +5,8 @@
 //! implementations that answer [`ActionError::NotAvailable`], so the UI can say "not available
 //! yet" instead of showing invented data.
 
+use std::path::PathBuf;
+
 use chrono::{DateTime, Utc};
 use lookit_contracts::{BuildStatus, Queue};
 use lookit_status::{DoctorCheck, StatusReport};
@@ -94,6 +96,37 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// Every prerequisite with what is wrong and the command that fixes it.
     async fn doctor(&self) -> Result<Vec<DoctorCheck>, ActionError> {
         Err(ActionError::NotAvailable("the doctor".into()))
+    }
+
+    /// The studies a build can be started for, newest first.
+    async fn studies(&self) -> Result<Vec<StudySummary>, ActionError> {
+        Err(ActionError::NotAvailable("studies".into()))
+    }
+
+    /// Queues a build of a study (optionally with another player first, as
+    /// `lookit-local build --player` does); its progress arrives as events.
+    async fn start_build(&self, _request: NewBuild) -> Result<BuildSummary, ActionError> {
+        Err(ActionError::NotAvailable("builds".into()))
+    }
+
+    /// The email outbox, newest first: every message the instance sent or kept.
+    async fn emails(&self) -> Result<Vec<EmailSummary>, ActionError> {
+        Err(ActionError::NotAvailable("the email outbox".into()))
+    }
+
+    /// One message of the outbox with its headers, text and HTML.
+    async fn email(&self, _id: Uuid) -> Result<EmailMessage, ActionError> {
+        Err(ActionError::NotAvailable("the email outbox".into()))
+    }
+
+    /// Videos the Pipe webhook and the Lambda route recorded, newest first.
+    async fn videos(&self) -> Result<Vec<VideoSummary>, ActionError> {
+        Err(ActionError::NotAvailable("received videos".into()))
+    }
+
+    /// Where a received video is stored on this machine, to play it.
+    async fn video_file(&self, _id: Uuid) -> Result<PathBuf, ActionError> {
+        Err(ActionError::NotAvailable("received videos".into()))
     }
 }
 
@@ -210,6 +243,12 @@ pub enum PanelEvent {
     Log { service: String, line: String },
     /// One line of a build's log.
     BuildLog { build: Uuid, line: String },
+    /// A build was queued, started, or finished; the Builds page reloads its list.
+    BuildChanged {
+        build: Uuid,
+        status: BuildStatus,
+        stage: Option<String>,
+    },
     /// Progress of a long task (an image pull, a build), `fraction` in 0..=1 when known.
     Progress {
         id: String,
@@ -238,16 +277,92 @@ pub enum NotificationLevel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BuildSummary {
     pub id: Uuid,
+    /// The study's name.
     pub study: String,
+    pub study_id: Uuid,
     pub status: BuildStatus,
-    /// What the build is doing now, e.g. `docker build` or `upload`.
+    /// What the build is doing now, or the stage it failed at, e.g. `build_image`.
     pub stage: Option<String>,
+    pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// Docker layer cache hits out of all steps, when known.
-    pub cache_hits: Option<u32>,
-    pub steps: Option<u32>,
+    /// A succeeded build reused the output of an earlier one with the same inputs.
+    pub cache_hit: bool,
+    /// Why it failed, when it did.
     pub message: Option<String>,
+}
+
+/// A study as the Builds page offers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudySummary {
+    pub id: Uuid,
+    pub name: String,
+    /// The player the next build uses: a folder or repository URL; `None` is Lookit's default.
+    pub player: Option<String>,
+}
+
+/// `POST /api/builds`: which study to build, and optionally a player to set on it first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewBuild {
+    pub study: Uuid,
+    /// A folder on this machine or a repository URL, optionally pinned with `@<40-hex sha>`.
+    #[serde(default)]
+    pub player: Option<String>,
+}
+
+/// One message of the email outbox (the list).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmailSummary {
+    pub id: Uuid,
+    /// What kind of email, e.g. `build_succeeded`.
+    pub template: String,
+    pub to: Vec<String>,
+    /// `None` until the worker rendered it.
+    pub subject: Option<String>,
+    /// `queued`, `sent` (through SMTP), `kept` (no SMTP server: kept here only) or `failed`.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// One message of the email outbox with everything the viewer shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmailMessage {
+    #[serde(flatten)]
+    pub summary: EmailSummary,
+    /// `From`, `To`, `Subject`, `Date` and the message's own extra headers, in that order.
+    pub headers: Vec<EmailHeader>,
+    pub text: Option<String>,
+    /// Shown only inside a sandboxed frame: it is content from templates and user data.
+    pub html: Option<String>,
+    /// Why sending failed, when it did.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailHeader {
+    pub name: String,
+    pub value: String,
+}
+
+/// A video the Pipe webhook or the Lambda route recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VideoSummary {
+    pub id: Uuid,
+    /// The stored name, `videoStream_<study>_<frame>_<response>_<timestamp>_<random>`.
+    pub file_name: String,
+    pub study_id: Uuid,
+    pub study: String,
+    pub response_id: Uuid,
+    pub frame_id: String,
+    pub consent: bool,
+    /// When it was recorded (the storage timestamp Pipe or Lambda reported).
+    pub recorded_at: DateTime<Utc>,
+    /// Size of the stored file; `None` when it is not stored on this machine.
+    pub size_bytes: Option<u64>,
+    /// Whether [`ControlPlane::video_file`] can play it.
+    pub stored_locally: bool,
 }
 
 /// A message in a dead-letter queue, with why it landed there.

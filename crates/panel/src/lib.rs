@@ -26,9 +26,10 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 pub use control_plane::{
-    ActionError, BuildAction, BuildSummary, ControlPlane, DeadLetter, DeadLetterAction, HopOutcome,
-    InspectedRequest, InvalidServiceName, NotificationLevel, PanelEvent, ServiceAction,
-    ServiceName, StackAction, TunnelAction, TunnelCheck, TunnelHop, TunnelOptions,
+    ActionError, BuildAction, BuildSummary, ControlPlane, DeadLetter, DeadLetterAction,
+    EmailHeader, EmailMessage, EmailSummary, HopOutcome, InspectedRequest, InvalidServiceName,
+    NewBuild, NotificationLevel, PanelEvent, ServiceAction, ServiceName, StackAction, StudySummary,
+    TunnelAction, TunnelCheck, TunnelHop, TunnelOptions, VideoSummary,
 };
 
 /// What the panel serves: the instance it controls and the token clients must present.

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lookit_panel::{
-    ActionError, ControlPlane, HopOutcome, NotificationLevel, PanelEvent, PanelState,
-    ServiceAction, ServiceName, StackAction, TunnelCheck, TunnelHop,
+    ActionError, ControlPlane, EmailHeader, EmailMessage, EmailSummary, HopOutcome,
+    NotificationLevel, PanelEvent, PanelState, ServiceAction, ServiceName, StackAction,
+    TunnelCheck, TunnelHop, VideoSummary,
 };
 use lookit_status::{ServiceState, ServiceStatus, StatusReport};
 use reqwest::StatusCode;
@@ -24,6 +25,9 @@ struct TestInstance {
     shutdown_requested: Mutex<Option<oneshot::Sender<()>>>,
     /// What the tunnel check answers; the tunnel starts closed.
     tunnel_check: Mutex<Result<TunnelCheck, ActionError>>,
+    /// One kept email and one received video (with its file), for the outbox and videos pages.
+    email: EmailMessage,
+    video: (VideoSummary, tempfile::TempDir),
 }
 
 impl TestInstance {
@@ -52,6 +56,8 @@ impl TestInstance {
             tunnel_check: Mutex::new(Err(ActionError::Conflict(
                 "the tunnel is not open: share first".into(),
             ))),
+            email: kept_email(),
+            video: received_video(),
         }
     }
 
@@ -131,11 +137,78 @@ impl ControlPlane for TestInstance {
         self.tunnel_check.lock().unwrap().clone()
     }
 
+    async fn emails(&self) -> Result<Vec<EmailSummary>, ActionError> {
+        Ok(vec![self.email.summary.clone()])
+    }
+
+    async fn email(&self, id: uuid::Uuid) -> Result<EmailMessage, ActionError> {
+        if id == self.email.summary.id {
+            Ok(self.email.clone())
+        } else {
+            Err(ActionError::NotFound(format!("email {id}")))
+        }
+    }
+
+    async fn videos(&self) -> Result<Vec<VideoSummary>, ActionError> {
+        Ok(vec![self.video.0.clone()])
+    }
+
+    async fn video_file(&self, id: uuid::Uuid) -> Result<std::path::PathBuf, ActionError> {
+        if id == self.video.0.id {
+            Ok(self.video.1.path().join("video.mp4"))
+        } else {
+            Err(ActionError::NotFound(format!("video {id}")))
+        }
+    }
+
     async fn shutdown(&self) {
         if let Some(tx) = self.shutdown_requested.lock().unwrap().take() {
             let _ = tx.send(());
         }
     }
+}
+
+fn kept_email() -> EmailMessage {
+    let summary = EmailSummary {
+        id: uuid::Uuid::new_v4(),
+        template: "build_succeeded".into(),
+        to: vec!["ada@lab.example".into()],
+        subject: Some("Your study was built".into()),
+        status: "kept".into(),
+        created_at: chrono::Utc::now(),
+        sent_at: None,
+    };
+    EmailMessage {
+        headers: vec![EmailHeader {
+            name: "To".into(),
+            value: "ada@lab.example".into(),
+        }],
+        text: Some("It is built.".into()),
+        html: Some("<p>It is <b>built</b>.</p>".into()),
+        error: None,
+        summary,
+    }
+}
+
+/// A received video whose file is on disk (a few bytes stand in for the MP4).
+fn received_video() -> (VideoSummary, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("video.mp4"), b"not really an mp4").unwrap();
+    let study_id = uuid::Uuid::new_v4();
+    let response_id = uuid::Uuid::new_v4();
+    let video = VideoSummary {
+        id: uuid::Uuid::new_v4(),
+        file_name: format!("videoStream_{study_id}_1-intro_{response_id}_1700000000000_123"),
+        study_id,
+        study: "Demo study".into(),
+        response_id,
+        frame_id: "1-intro".into(),
+        consent: false,
+        recorded_at: chrono::Utc::now(),
+        size_bytes: Some(17),
+        stored_locally: true,
+    };
+    (video, dir)
 }
 
 /// A panel on a free port; `shutdown_requested` resolves when a client asked it to stop.
@@ -586,4 +659,104 @@ async fn the_panel_refuses_to_listen_beyond_loopback() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("loopback"), "{error}");
+}
+
+#[tokio::test]
+async fn the_outbox_lists_messages_and_shows_one_with_headers_text_and_html() {
+    let panel = start_panel().await;
+    let (status, list) = json(panel.get("/api/emails").send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list[0]["subject"], "Your study was built");
+    assert_eq!(list[0]["status"], "kept");
+    let id = list[0]["id"].as_str().unwrap().to_string();
+
+    let (status, message) = json(
+        panel
+            .get(&format!("/api/emails/{id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{message}");
+    assert_eq!(message["subject"], "Your study was built");
+    assert_eq!(message["headers"][0]["name"], "To");
+    assert_eq!(message["text"], "It is built.");
+    assert_eq!(message["html"], "<p>It is <b>built</b>.</p>");
+
+    let (status, body) = json(
+        panel
+            .get(&format!("/api/emails/{}", uuid::Uuid::new_v4()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = json(panel.get("/api/emails/not-an-id").send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"].as_str().unwrap().contains("email id"),
+        "{body}"
+    );
+    panel.stop().await;
+}
+
+#[tokio::test]
+async fn a_received_video_is_listed_and_plays_with_the_token_in_the_query() {
+    let panel = start_panel().await;
+    let (status, list) = json(panel.get("/api/videos").send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list[0]["study"], "Demo study");
+    assert_eq!(list[0]["size_bytes"], 17);
+    assert_eq!(list[0]["stored_locally"], true);
+    let id = list[0]["id"].as_str().unwrap();
+
+    // A <video> element sends no Authorization header: the query carries the token.
+    let url = format!("{}/api/videos/{id}/file", panel.base);
+    let played = panel
+        .http
+        .get(format!("{url}?token={TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(played.status(), StatusCode::OK);
+    assert_eq!(played.headers()["content-type"], "video/mp4");
+    assert_eq!(played.bytes().await.unwrap().as_ref(), b"not really an mp4");
+    assert_eq!(
+        panel.http.get(&url).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    panel.stop().await;
+}
+
+#[tokio::test]
+async fn starting_a_build_needs_a_study_id_in_the_body() {
+    let panel = start_panel().await;
+    for body in [
+        "",
+        "{}",
+        "{\"study\": \"nope\"}",
+        "{\"study\": null, \"extra\": 1}",
+    ] {
+        let (status, answer) =
+            json(panel.post("/api/builds").body(body).send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("\"study\""),
+            "{answer}"
+        );
+    }
+    // A valid request reaches the instance, which has no builds in this test.
+    let (status, answer) = json(
+        panel
+            .post("/api/builds")
+            .body(format!("{{\"study\": \"{}\"}}", uuid::Uuid::new_v4()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{answer}");
+    panel.stop().await;
 }

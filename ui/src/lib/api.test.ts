@@ -28,6 +28,15 @@ describe('PanelApi', () => {
     expect((calls[0].init?.headers as Record<string, string>).Authorization).toBe('Bearer tok');
   });
 
+  it('sends a body as JSON and puts the token in file URLs', async () => {
+    const { calls, fetcher } = answering(201, { id: 'b1' });
+    const api = new PanelApi('t k', fetcher);
+    expect(await api.post<{ id: string }>('/builds', { study: 's1' })).toEqual({ id: 'b1' });
+    expect(calls[0].init?.body).toBe('{"study":"s1"}');
+    expect((calls[0].init?.headers as Record<string, string>)['Content-Type']).toBe('application/json');
+    expect(api.fileUrl('/videos/v1/file')).toBe('/api/videos/v1/file?token=t%20k');
+  });
+
   it("turns the panel's refusal into an error with its message", async () => {
     const { fetcher } = answering(404, { error: 'there is no service named "nginx"', code: 'not_found' });
     const error = await failure(new PanelApi('tok', fetcher).post('/services/nginx/stop'));

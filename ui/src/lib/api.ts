@@ -27,8 +27,9 @@ export class PanelApi {
     return this.request<T>('GET', path);
   }
 
-  post<T = { ok: boolean }>(path: string): Promise<T> {
-    return this.request<T>('POST', path);
+  /** `body`, when given, is sent as JSON. */
+  post<T = { ok: boolean }>(path: string, body?: unknown): Promise<T> {
+    return this.request<T>('POST', path, body);
   }
 
   /** The URL of the event stream; EventSource cannot send headers, so the token goes in the query. */
@@ -36,25 +37,36 @@ export class PanelApi {
     return `/api/events?token=${encodeURIComponent(this.token)}`;
   }
 
-  private async request<T>(method: string, path: string): Promise<T> {
+  /**
+   * A URL that works without headers (a `<video>` source, a download link): the token goes in
+   * the query, as for the event stream.
+   */
+  fileUrl(path: string): string {
+    return `/api${path}?token=${encodeURIComponent(this.token)}`;
+  }
+
+  private async request<T>(method: string, path: string, body?: unknown): Promise<T> {
     let response: Response;
+    const headers: Record<string, string> = { Authorization: `Bearer ${this.token}` };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
     try {
       response = await this.fetcher(`/api${path}`, {
         method,
-        headers: { Authorization: `Bearer ${this.token}` },
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
       });
     } catch {
       throw new ApiError('The panel cannot be reached: is Lookit Local still running?', 0, 'unreachable');
     }
-    const body: unknown = await response.json().catch(() => null);
+    const answer: unknown = await response.json().catch(() => null);
     if (!response.ok) {
-      const error = body as { error?: string; code?: string } | null;
+      const error = answer as { error?: string; code?: string } | null;
       throw new ApiError(
         error?.error ?? `The panel answered ${response.status}`,
         response.status,
         error?.code ?? 'http',
       );
     }
-    return body as T;
+    return answer as T;
   }
 }

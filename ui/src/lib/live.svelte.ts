@@ -2,7 +2,7 @@
 // notifications, kept current by the panel's event stream (`/api/events`).
 
 import { DepthHistory } from './history';
-import type { NotificationLevel, PanelEvent, StatusReport } from './types';
+import type { BuildStatus, NotificationLevel, PanelEvent, StatusReport } from './types';
 
 /** Log lines kept per service in memory; the Logs page can fetch more from the API. */
 const LOG_LINES_KEPT = 2000;
@@ -29,6 +29,10 @@ export class LiveState {
   toasts = $state<Toast[]>([]);
   logs = $state<Record<string, string[]>>({});
   buildLogs = $state<Record<string, string[]>>({});
+  /** The latest change of each build the page may show, by build id. */
+  buildChanges = $state<Record<string, { status: BuildStatus; stage: string | null }>>({});
+  /** Bumped on each build change so the Builds page reloads its list. */
+  buildsVersion = $state(0);
   /** Bumped on each status event so the queue chart redraws. */
   historyVersion = $state(0);
   readonly history = new DepthHistory();
@@ -69,6 +73,10 @@ export class LiveState {
         break;
       case 'build_log':
         this.buildLogs[event.build] = appendCapped(this.buildLogs[event.build], event.line);
+        break;
+      case 'build_changed':
+        this.buildChanges[event.build] = { status: event.status, stage: event.stage };
+        this.buildsVersion += 1;
         break;
       case 'progress':
         this.progress = event.done

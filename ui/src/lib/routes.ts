@@ -5,6 +5,8 @@ export const PAGES = [
   { id: 'queues', label: 'Queues' },
   { id: 'builds', label: 'Builds' },
   { id: 'tunnel', label: 'Tunnel' },
+  { id: 'outbox', label: 'Outbox' },
+  { id: 'videos', label: 'Videos' },
   { id: 'logs', label: 'Logs' },
   { id: 'doctor', label: 'Doctor' },
 ] as const;

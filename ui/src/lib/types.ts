@@ -47,6 +47,7 @@ export type PanelEvent =
   | { type: 'status'; report: StatusReport }
   | { type: 'log'; service: string; line: string }
   | { type: 'build_log'; build: string; line: string }
+  | { type: 'build_changed'; build: string; status: BuildStatus; stage: string | null }
   | { type: 'progress'; id: string; label: string; fraction: number | null; done: boolean }
   | { type: 'notification'; level: NotificationLevel; title: string; body: string };
 
@@ -54,14 +55,63 @@ export type BuildStatus = 'queued' | 'running' | 'succeeded' | 'failed' | 'cance
 
 export interface BuildSummary {
   id: string;
+  /** The study's name. */
   study: string;
+  study_id: string;
   status: BuildStatus;
+  /** The current stage, or the one it failed at. */
   stage: string | null;
+  created_at: string;
   started_at: string | null;
   finished_at: string | null;
-  cache_hits: number | null;
-  steps: number | null;
+  /** A succeeded build reused the output of an earlier one with the same inputs. */
+  cache_hit: boolean;
+  /** Why it failed. */
   message: string | null;
+}
+
+/** A study a build can be started for (`GET /api/studies`). */
+export interface StudySummary {
+  id: string;
+  name: string;
+  /** The player folder or repository URL of its next build; null is Lookit's default. */
+  player: string | null;
+}
+
+export type EmailStatus = 'queued' | 'sent' | 'kept' | 'failed';
+
+/** One message of the email outbox (`GET /api/emails`). */
+export interface EmailSummary {
+  id: string;
+  template: string;
+  to: string[];
+  subject: string | null;
+  status: EmailStatus;
+  created_at: string;
+  sent_at: string | null;
+}
+
+/** One message with everything the viewer shows (`GET /api/emails/<id>`). */
+export interface EmailMessage extends EmailSummary {
+  headers: { name: string; value: string }[];
+  text: string | null;
+  html: string | null;
+  error: string | null;
+}
+
+/** A video the Pipe webhook or the Lambda recorded (`GET /api/videos`). */
+export interface VideoSummary {
+  id: string;
+  file_name: string;
+  study_id: string;
+  study: string;
+  response_id: string;
+  frame_id: string;
+  consent: boolean;
+  recorded_at: string;
+  /** null when the file is not stored on this machine. */
+  size_bytes: number | null;
+  stored_locally: boolean;
 }
 
 export interface DeadLetter {

@@ -1,0 +1,598 @@
+//! What the panel reads from (and asks of) the lookit database: study builds, the email outbox and
+//! received videos. The API and the worker write these tables; this module only reads them,
+//! except for queueing and cancelling builds, which go through the same rules as the API's.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use lookit_contracts::BuildStatus;
+use lookit_panel::{
+    ActionError, BuildSummary, EmailHeader, EmailMessage, EmailSummary, NewBuild, StudySummary,
+    VideoSummary,
+};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Most rows one list shows; older ones stay in the database.
+const LIST_LIMIT: i64 = 200;
+
+fn database_error(e: sqlx::Error) -> ActionError {
+    ActionError::Failed(format!("the database: {e}"))
+}
+
+const BUILD_SELECT: &str = "SELECT b.id, s.name, b.study_id, b.status, b.stage, b.created_at, \
+    b.started_at, b.finished_at, b.cache_hit, b.error FROM builds b JOIN studies s ON s.id = b.study_id";
+
+type BuildRow = (
+    Uuid,
+    String,
+    Uuid,
+    BuildStatus,
+    Option<String>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    bool,
+    Option<String>,
+);
+
+fn build_summary(row: BuildRow) -> BuildSummary {
+    let (id, study, study_id, status, stage, created_at, started_at, finished_at, cache_hit, error) =
+        row;
+    BuildSummary {
+        id,
+        study,
+        study_id,
+        status,
+        stage,
+        created_at,
+        started_at,
+        finished_at,
+        cache_hit,
+        message: error,
+    }
+}
+
+/// Study builds, newest first.
+pub(crate) async fn builds(pool: &PgPool) -> Result<Vec<BuildSummary>, ActionError> {
+    let rows: Vec<BuildRow> = sqlx::query_as(&format!(
+        "{BUILD_SELECT} ORDER BY b.created_at DESC LIMIT {LIST_LIMIT}"
+    ))
+    .fetch_all(pool)
+    .await
+    .map_err(database_error)?;
+    Ok(rows.into_iter().map(build_summary).collect())
+}
+
+async fn build(pool: &PgPool, id: Uuid) -> Result<BuildSummary, ActionError> {
+    let row: Option<BuildRow> = sqlx::query_as(&format!("{BUILD_SELECT} WHERE b.id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(database_error)?;
+    row.map(build_summary)
+        .ok_or_else(|| ActionError::NotFound(format!("build {id}")))
+}
+
+/// The log of the build's current (or last) attempt.
+pub(crate) async fn build_log(pool: &PgPool, id: Uuid) -> Result<Vec<String>, ActionError> {
+    let log: Option<String> = sqlx::query_scalar("SELECT log FROM builds WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(database_error)?;
+    let log = log.ok_or_else(|| ActionError::NotFound(format!("build {id}")))?;
+    Ok(log.lines().map(String::from).collect())
+}
+
+/// A queued build is cancelled before the worker takes it (the worker skips finished builds).
+/// A running one cannot be: the worker has no way to stop a build container on request yet.
+pub(crate) async fn cancel_build(pool: &PgPool, id: Uuid) -> Result<BuildSummary, ActionError> {
+    let cancelled = sqlx::query(
+        "UPDATE builds SET status = 'cancelled', finished_at = now() \
+         WHERE id = $1 AND status = 'queued'",
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .map_err(database_error)?;
+    let build = build(pool, id).await?;
+    if cancelled.rows_affected() == 0 {
+        let state = serde_json::to_value(build.status)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        return Err(ActionError::Conflict(match build.status {
+            BuildStatus::Running => {
+                "the build is running; a running build cannot be cancelled, only a queued one"
+                    .into()
+            }
+            _ => format!("the build is already {state}"),
+        }));
+    }
+    Ok(build)
+}
+
+/// Queues a new build of the same study as `id`.
+pub(crate) async fn rebuild(pool: &PgPool, id: Uuid) -> Result<BuildSummary, ActionError> {
+    let study = build(pool, id).await?.study_id;
+    queue(pool, study).await
+}
+
+async fn queue(pool: &PgPool, study: Uuid) -> Result<BuildSummary, ActionError> {
+    let queued = lookit_api::queue_study_build(pool, study)
+        .await
+        .map_err(|e| match e {
+            lookit_api::ApiError::NotFound(_) => ActionError::NotFound(format!("study {study}")),
+            lookit_api::ApiError::Conflict(why) => ActionError::Conflict(why),
+            lookit_api::ApiError::BadRequest(why) => ActionError::Invalid(why),
+            other => ActionError::Failed(other.to_string()),
+        })?;
+    build(pool, queued.id).await
+}
+
+/// Sets the study's player when one is given (as `lookit-local build --player` does), then
+/// queues the build.
+pub(crate) async fn start_build(
+    pool: &PgPool,
+    request: NewBuild,
+) -> Result<BuildSummary, ActionError> {
+    if let Some(player) = request.player.as_deref().filter(|p| !p.trim().is_empty()) {
+        let player = PlayerChoice::parse(player.trim()).map_err(ActionError::Invalid)?;
+        let updated = sqlx::query(
+            "UPDATE studies SET metadata = metadata || jsonb_build_object('player_repo_url', $2::text) \
+             || CASE WHEN $3::text IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('last_known_player_sha', $3::text) END, \
+             modified_at = now() WHERE id = $1",
+        )
+        .bind(request.study)
+        .bind(&player.source)
+        .bind(&player.sha)
+        .execute(pool)
+        .await
+        .map_err(database_error)?;
+        if updated.rows_affected() == 0 {
+            return Err(ActionError::NotFound(format!("study {}", request.study)));
+        }
+    }
+    queue(pool, request.study).await
+}
+
+/// A player given by the user: a folder on this machine or a repository URL, optionally pinned
+/// to a commit with `@<40-hex sha>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlayerChoice {
+    /// A repository URL, or the folder's absolute path.
+    pub source: String,
+    pub sha: Option<String>,
+}
+
+impl PlayerChoice {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let (source, sha) = match value.rsplit_once('@') {
+            Some((source, sha))
+                if sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                (source, Some(sha.to_ascii_lowercase()))
+            }
+            _ => (value, None),
+        };
+        let source = if source.contains("://") {
+            source.to_string()
+        } else {
+            let path = std::fs::canonicalize(source).map_err(|_| {
+                format!("player {source}: no such folder (give a folder or a repository URL)")
+            })?;
+            if !path.is_dir() {
+                return Err(format!("player {source}: not a folder"));
+            }
+            path.display().to_string()
+        };
+        Ok(Self { source, sha })
+    }
+}
+
+/// The studies, newest first, with the player their next build uses.
+pub(crate) async fn studies(pool: &PgPool) -> Result<Vec<StudySummary>, ActionError> {
+    let rows: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(&format!(
+        "SELECT id, name, NULLIF(metadata->>'player_repo_url', '') FROM studies \
+         ORDER BY created_at DESC LIMIT {LIST_LIMIT}"
+    ))
+    .fetch_all(pool)
+    .await
+    .map_err(database_error)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, player)| StudySummary { id, name, player })
+        .collect())
+}
+
+const EMAIL_SELECT: &str =
+    "SELECT id, template, to_addresses, subject, status, created_at, sent_at FROM emails";
+
+type EmailRow = (
+    Uuid,
+    String,
+    Vec<String>,
+    Option<String>,
+    String,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
+
+fn email_summary(row: EmailRow) -> EmailSummary {
+    let (id, template, to, subject, status, created_at, sent_at) = row;
+    EmailSummary {
+        id,
+        template,
+        to,
+        subject,
+        status,
+        created_at,
+        sent_at,
+    }
+}
+
+/// The email outbox, newest first.
+pub(crate) async fn emails(pool: &PgPool) -> Result<Vec<EmailSummary>, ActionError> {
+    let rows: Vec<EmailRow> = sqlx::query_as(&format!(
+        "{EMAIL_SELECT} ORDER BY created_at DESC LIMIT {LIST_LIMIT}"
+    ))
+    .fetch_all(pool)
+    .await
+    .map_err(database_error)?;
+    Ok(rows.into_iter().map(email_summary).collect())
+}
+
+/// One message with its headers as the worker sends them: `From` (the configured sender), `To`,
+/// `Subject`, `Date`, then the message's own extra headers.
+pub(crate) async fn email(
+    pool: &PgPool,
+    id: Uuid,
+    from_address: &str,
+) -> Result<EmailMessage, ActionError> {
+    let row: Option<EmailRow> = sqlx::query_as(&format!("{EMAIL_SELECT} WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(database_error)?;
+    let summary = email_summary(row.ok_or_else(|| ActionError::NotFound(format!("email {id}")))?);
+    let (extra, text, html, error): (
+        serde_json::Value,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) = sqlx::query_as("SELECT headers, body_text, body_html, error FROM emails WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .map_err(database_error)?;
+    let header = |name: &str, value: String| EmailHeader {
+        name: name.into(),
+        value,
+    };
+    let mut headers = vec![
+        header("From", from_address.to_string()),
+        header("To", summary.to.join(", ")),
+    ];
+    if let Some(subject) = &summary.subject {
+        headers.push(header("Subject", subject.clone()));
+    }
+    headers.push(header(
+        "Date",
+        summary.sent_at.unwrap_or(summary.created_at).to_rfc2822(),
+    ));
+    headers.extend(
+        extra_headers(&extra)
+            .into_iter()
+            .map(|(n, v)| header(&n, v)),
+    );
+    Ok(EmailMessage {
+        summary,
+        headers,
+        text,
+        html,
+        error,
+    })
+}
+
+/// The `headers` column: an object of header name → value (strings; anything else as JSON).
+fn extra_headers(value: &serde_json::Value) -> Vec<(String, String)> {
+    let Some(object) = value.as_object() else {
+        return Vec::new();
+    };
+    object
+        .iter()
+        .map(|(name, value)| {
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (name.clone(), text)
+        })
+        .collect()
+}
+
+/// Where the API keeps received videos on this machine: `<data>/videos/<full name>.mp4`.
+pub(crate) fn local_video_path(videos_dir: &Path, full_name: &str) -> Option<PathBuf> {
+    // Names were validated when recorded; refuse anything that could leave the folder anyway.
+    let safe = !full_name.is_empty()
+        && full_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !full_name.starts_with('.');
+    safe.then(|| videos_dir.join(format!("{full_name}.mp4")))
+}
+
+type VideoRow = (
+    Uuid,
+    String,
+    Uuid,
+    String,
+    Uuid,
+    String,
+    bool,
+    DateTime<Utc>,
+);
+
+/// Received videos, newest first, with their size when the file is stored on this machine.
+pub(crate) async fn videos(
+    pool: &PgPool,
+    videos_dir: &Path,
+) -> Result<Vec<VideoSummary>, ActionError> {
+    let rows: Vec<VideoRow> = sqlx::query_as(&format!(
+        "SELECT v.id, v.full_name, v.study_id, s.name, v.response_id, v.frame_id, \
+         v.is_consent_footage, v.s3_timestamp FROM videos v JOIN studies s ON s.id = v.study_id \
+         ORDER BY v.s3_timestamp DESC, v.pk DESC LIMIT {LIST_LIMIT}"
+    ))
+    .fetch_all(pool)
+    .await
+    .map_err(database_error)?;
+    let mut videos = Vec::with_capacity(rows.len());
+    for (id, file_name, study_id, study, response_id, frame_id, consent, recorded_at) in rows {
+        let size_bytes = match local_video_path(videos_dir, &file_name) {
+            Some(path) => tokio::fs::metadata(&path)
+                .await
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len()),
+            None => None,
+        };
+        videos.push(VideoSummary {
+            id,
+            file_name,
+            study_id,
+            study,
+            response_id,
+            frame_id,
+            consent,
+            recorded_at,
+            size_bytes,
+            stored_locally: size_bytes.is_some(),
+        });
+    }
+    Ok(videos)
+}
+
+/// The stored file of a received video, when it is on this machine.
+pub(crate) async fn video_file(
+    pool: &PgPool,
+    videos_dir: &Path,
+    id: Uuid,
+) -> Result<PathBuf, ActionError> {
+    let name: Option<String> = sqlx::query_scalar("SELECT full_name FROM videos WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(database_error)?;
+    let name = name.ok_or_else(|| ActionError::NotFound(format!("video {id}")))?;
+    match local_video_path(videos_dir, &name) {
+        Some(path) if tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()) => Ok(path),
+        _ => Err(ActionError::NotFound(format!(
+            "the file of video {name} on this machine (it may be kept in cloud storage)"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_player_is_a_folder_or_a_url_optionally_pinned() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().canonicalize().unwrap().display().to_string();
+        let sha = "A".repeat(40);
+        assert_eq!(
+            PlayerChoice::parse(&format!("{}@{sha}", folder.path().display())).unwrap(),
+            PlayerChoice {
+                source: path.clone(),
+                sha: Some("a".repeat(40))
+            }
+        );
+        assert_eq!(
+            PlayerChoice::parse("https://example.org/ember-lookit-frameplayer.git").unwrap(),
+            PlayerChoice {
+                source: "https://example.org/ember-lookit-frameplayer.git".into(),
+                sha: None
+            }
+        );
+        let missing = PlayerChoice::parse("/no/such/player").unwrap_err();
+        assert!(missing.contains("no such folder"), "{missing}");
+    }
+
+    #[test]
+    fn video_paths_never_leave_the_video_folder() {
+        let dir = Path::new("/data/videos");
+        assert_eq!(
+            local_video_path(dir, "videoStream_a_b-c_d_1_123"),
+            Some(dir.join("videoStream_a_b-c_d_1_123.mp4"))
+        );
+        for bad in ["", "../secrets", "a/b", ".hidden", "a b"] {
+            assert_eq!(local_video_path(dir, bad), None, "{bad:?}");
+        }
+    }
+
+    /// A migrated database with the demo lab, study and response.
+    async fn demo_database() -> (
+        lookit_testkit::TestDatabase,
+        PgPool,
+        lookit_api::demo::DemoIds,
+    ) {
+        let database = lookit_testkit::fresh_database().await;
+        let pool = database.pool().await;
+        lookit_contracts::MIGRATOR.run(&pool).await.unwrap();
+        let ids = lookit_api::demo::seed(&pool).await.unwrap();
+        (database, pool, ids)
+    }
+
+    #[tokio::test]
+    async fn a_build_started_with_a_player_folder_is_queued_listed_and_cancellable() {
+        let (_database, pool, ids) = demo_database().await;
+        let player = tempfile::tempdir().unwrap();
+        let listed = studies(&pool).await.unwrap();
+        assert_eq!(listed[0].id, ids.study);
+        assert_eq!(listed[0].player, None);
+
+        let build = start_build(
+            &pool,
+            NewBuild {
+                study: ids.study,
+                player: Some(player.path().display().to_string()),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(build.status, BuildStatus::Queued);
+        assert_eq!(build.study, "Demo study");
+        // The player is now the study's, as with `lookit-local build --player`.
+        let player_path = player.path().canonicalize().unwrap().display().to_string();
+        assert_eq!(
+            studies(&pool).await.unwrap()[0].player.as_deref(),
+            Some(player_path.as_str())
+        );
+        assert_eq!(builds(&pool).await.unwrap()[0].id, build.id);
+        assert!(build_log(&pool, build.id).await.unwrap().is_empty());
+
+        // One unfinished build per study.
+        let again = start_build(
+            &pool,
+            NewBuild {
+                study: ids.study,
+                player: None,
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(again, ActionError::Conflict(_)), "{again:?}");
+
+        let cancelled = cancel_build(&pool, build.id).await.unwrap();
+        assert_eq!(cancelled.status, BuildStatus::Cancelled);
+        let twice = cancel_build(&pool, build.id).await.unwrap_err();
+        assert_eq!(
+            twice,
+            ActionError::Conflict("the build is already cancelled".into())
+        );
+        let rebuilt = rebuild(&pool, build.id).await.unwrap();
+        assert_ne!(rebuilt.id, build.id);
+        assert_eq!(rebuilt.status, BuildStatus::Queued);
+
+        let unknown = start_build(
+            &pool,
+            NewBuild {
+                study: Uuid::new_v4(),
+                player: Some("/no/such/folder".into()),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(unknown, ActionError::Invalid(_)), "{unknown:?}");
+    }
+
+    #[tokio::test]
+    async fn a_received_video_is_listed_with_its_size_and_plays_from_the_video_folder() {
+        let (_database, pool, ids) = demo_database().await;
+        let folder = tempfile::tempdir().unwrap();
+        let name = format!(
+            "videoStream_{}_1-video-consent_{}_1700000000000_123",
+            ids.study, ids.response
+        );
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO videos (id, full_name, pipe_name, s3_timestamp, frame_id, study_id, response_id, is_consent_footage) \
+             VALUES ($1, $2, 'pipe-1', now(), '1-video-consent', $3, $4, true)",
+        )
+        .bind(id)
+        .bind(&name)
+        .bind(ids.study)
+        .bind(ids.response)
+        .execute(&pool)
+        .await
+        .unwrap();
+        // Recorded but not (yet) on this machine: listed, not playable.
+        let listed = videos(&pool, folder.path()).await.unwrap();
+        assert_eq!(
+            (listed[0].stored_locally, listed[0].size_bytes),
+            (false, None)
+        );
+        assert!(matches!(
+            video_file(&pool, folder.path(), id).await,
+            Err(ActionError::NotFound(_))
+        ));
+
+        std::fs::write(folder.path().join(format!("{name}.mp4")), b"0123456789").unwrap();
+        let listed = videos(&pool, folder.path()).await.unwrap();
+        assert_eq!(listed[0].study, "Demo study");
+        assert!(listed[0].consent);
+        assert_eq!(
+            (listed[0].stored_locally, listed[0].size_bytes),
+            (true, Some(10))
+        );
+        assert_eq!(
+            video_file(&pool, folder.path(), id).await.unwrap(),
+            folder.path().join(format!("{name}.mp4"))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_outbox_shows_a_kept_message_with_its_headers() {
+        let (_database, pool, _) = demo_database().await;
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO emails (id, template, to_addresses, headers, subject, body_text, body_html, status, sent_at) \
+             VALUES ($1, 'build_succeeded', ARRAY['ada@lab.example'], '{\"List-Unsubscribe\": \"<https://x/u>\"}', \
+             'Built', 'It is built.', '<p>It is built.</p>', 'kept', now())",
+        )
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+        let list = emails(&pool).await.unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].subject.as_deref(), Some("Built"));
+        let message = email(&pool, id, "lookit@lab.example").await.unwrap();
+        let names: Vec<&str> = message.headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["From", "To", "Subject", "Date", "List-Unsubscribe"]);
+        assert_eq!(message.headers[0].value, "lookit@lab.example");
+        assert_eq!(message.html.as_deref(), Some("<p>It is built.</p>"));
+        let missing = email(&pool, Uuid::new_v4(), "x").await.unwrap_err();
+        assert!(matches!(missing, ActionError::NotFound(_)), "{missing:?}");
+    }
+
+    #[test]
+    fn extra_headers_keep_names_and_show_values_as_text() {
+        let headers = extra_headers(&serde_json::json!({
+            "List-Unsubscribe": "<https://lookit.local/u/1>",
+            "X-Count": 3
+        }));
+        assert_eq!(
+            headers,
+            [
+                (
+                    "List-Unsubscribe".into(),
+                    "<https://lookit.local/u/1>".into()
+                ),
+                ("X-Count".into(), "3".into())
+            ]
+        );
+    }
+}
