@@ -297,6 +297,74 @@ struct Rate {
     rate: f64,
 }
 
+/// How often the full listing (every queue, unacknowledged counts, rates) is read again.
+/// RabbitMQ refreshes those statistics only every few seconds (5 s by default), so reading
+/// them more often shows nothing new.
+const LISTING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads queue depths often and cheaply: the ready and consumer counts of every listed queue
+/// come from passive declares on one kept AMQP channel (exact the moment a message arrives),
+/// over the slower listing of [`queue_depths`] (the management API's statistics lag by seconds).
+#[derive(Default)]
+pub(crate) struct DepthReader {
+    amqp: Option<(Connection, Channel)>,
+    listing: Vec<QueueDepth>,
+    listed_at: Option<std::time::Instant>,
+}
+
+impl DepthReader {
+    pub(crate) async fn read(
+        &mut self,
+        conn: &RabbitConnection,
+    ) -> anyhow::Result<Vec<QueueDepth>> {
+        if self
+            .listed_at
+            .is_none_or(|at| at.elapsed() >= LISTING_INTERVAL)
+        {
+            self.listing = queue_depths(conn).await?;
+            self.listed_at = Some(std::time::Instant::now());
+        }
+        let mut depths = self.listing.clone();
+        for depth in &mut depths {
+            let channel = self.channel(conn).await?;
+            let options = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            match channel
+                .queue_declare(&depth.name, options, FieldTable::default())
+                .await
+            {
+                Ok(declared) => {
+                    depth.ready = u64::from(declared.message_count());
+                    depth.consumers = u64::from(declared.consumer_count());
+                }
+                // Deleted since the listing (the failure closed the channel: a new one comes
+                // next): list again on the next read.
+                Err(_) => self.listed_at = None,
+            }
+        }
+        Ok(depths)
+    }
+
+    /// The kept channel; a new one after a failed declare closed it, a new connection after
+    /// the broker went away.
+    async fn channel(&mut self, conn: &RabbitConnection) -> anyhow::Result<Channel> {
+        if let Some((connection, channel)) = &mut self.amqp {
+            if connection.status().connected() {
+                if !channel.status().connected() {
+                    *channel = connection.create_channel().await?;
+                }
+                return Ok(channel.clone());
+            }
+        }
+        let connection = connect(conn).await?;
+        let channel = connection.create_channel().await?;
+        self.amqp = Some((connection, channel.clone()));
+        Ok(channel)
+    }
+}
+
 /// Depth of every queue of the vhost: from the management API when there is one (with rates),
 /// otherwise from passive declares of Lookit's queues (ready messages and consumers only).
 pub(crate) async fn queue_depths(conn: &RabbitConnection) -> anyhow::Result<Vec<QueueDepth>> {
