@@ -162,6 +162,12 @@ async fn visible<R: Resource>(pool: &PgPool, scope: &Scope, id: Uuid) -> ApiResu
     .ok_or_else(|| ApiError::not_found(R::NAME))
 }
 
+/// The resource `id` as a JSON:API document, when the caller may see it.
+async fn show<R: Resource>(state: &ApiState, user: &User, id: Uuid) -> ApiResult<Document> {
+    let row: R = visible(state.pool(), &Scope::of(user), id).await?;
+    Ok(single_document(StatusCode::OK, row.resource()))
+}
+
 /// A page of the listed resources the caller may see, as a JSON:API list document at `path`.
 /// Each filter `(column, value)` keeps the rows whose column equals the value, when given.
 async fn list<R: Resource>(
@@ -262,8 +268,7 @@ async fn users_get(
     Caller(user): Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Document> {
-    let row: UserRow = visible(state.pool(), &Scope::of(&user), id).await?;
-    Ok(single_document(StatusCode::OK, row.resource()))
+    show::<UserRow>(&state, &user, id).await
 }
 
 // ---- labs --------------------------------------------------------------------------------
@@ -324,8 +329,7 @@ async fn labs_get(
     Caller(user): Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Document> {
-    let row: LabRow = visible(state.pool(), &Scope::of(&user), id).await?;
-    Ok(single_document(StatusCode::OK, row.resource()))
+    show::<LabRow>(&state, &user, id).await
 }
 
 // ---- studies -----------------------------------------------------------------------------
@@ -398,8 +402,7 @@ async fn studies_get(
     Caller(user): Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Document> {
-    let row: StudyRow = visible(state.pool(), &Scope::of(&user), id).await?;
-    Ok(single_document(StatusCode::OK, row.resource()))
+    show::<StudyRow>(&state, &user, id).await
 }
 
 // ---- children ----------------------------------------------------------------------------
@@ -459,8 +462,7 @@ async fn children_get(
     Caller(user): Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Document> {
-    let row: ChildRow = visible(state.pool(), &Scope::of(&user), id).await?;
-    Ok(single_document(StatusCode::OK, row.resource()))
+    show::<ChildRow>(&state, &user, id).await
 }
 
 #[utoipa::path(get, path = "/users/{id}/children/", tag = "jsonapi",
@@ -602,8 +604,7 @@ async fn responses_get(
     Caller(user): Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Document> {
-    let row: ResponseRow = visible(state.pool(), &Scope::of(&user), id).await?;
-    Ok(single_document(StatusCode::OK, row.resource()))
+    show::<ResponseRow>(&state, &user, id).await
 }
 
 /// The writable attributes of a response, each checked for its JSON type.
@@ -942,8 +943,7 @@ async fn demographics_get(
     Caller(user): Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Document> {
-    let row: DemographicsRow = visible(state.pool(), &Scope::of(&user), id).await?;
-    Ok(single_document(StatusCode::OK, row.resource()))
+    show::<DemographicsRow>(&state, &user, id).await
 }
 
 // ---- feedback ----------------------------------------------------------------------------
@@ -1019,8 +1019,7 @@ async fn feedback_get(
     Caller(user): Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Document> {
-    let row: FeedbackRow = visible(state.pool(), &Scope::of(&user), id).await?;
-    Ok(single_document(StatusCode::OK, row.resource()))
+    show::<FeedbackRow>(&state, &user, id).await
 }
 
 #[utoipa::path(post, path = "/feedback/", tag = "jsonapi",
