@@ -29,6 +29,9 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// Not a text config at all: binary, another encoding than UTF-8, or far too large.
+    #[error("the config file {path} is not a TOML text file: {reason}")]
+    NotText { path: PathBuf, reason: String },
     #[error("cannot find a home folder: set LOOKIT_LOCAL_HOME to a folder Lookit Local may use")]
     NoHome,
 }

@@ -11,13 +11,19 @@ impl Config {
     /// The configuration of `home`: its file (if any) with this process's environment overrides.
     pub fn load(home: &Home) -> Result<Config, ConfigError> {
         let path = home.config_file();
-        let text = match std::fs::read_to_string(path) {
+        let text = match read_text_file(path) {
             Ok(text) => Some(text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => {
+            Err(TextFileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(TextFileError::Io(source)) => {
                 return Err(ConfigError::Read {
                     path: path.to_path_buf(),
                     source,
+                })
+            }
+            Err(TextFileError::NotText(reason)) => {
+                return Err(ConfigError::NotText {
+                    path: path.to_path_buf(),
+                    reason,
                 })
             }
         };
@@ -79,6 +85,52 @@ impl Config {
         }
         toml::to_string_pretty(&shown).expect("a valid Config always serializes")
     }
+}
+
+/// Config and secrets files are a few kilobytes; a larger file is not one (and is not read whole).
+pub(crate) const MAX_TEXT_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Why a small text file of ours could not be read as text.
+#[derive(Debug)]
+pub(crate) enum TextFileError {
+    Io(std::io::Error),
+    /// Binary, UTF-16, another 8-bit encoding, or too large; the reason says which.
+    NotText(String),
+}
+
+/// Reads a config-sized UTF-8 text file (a leading byte-order mark, as some editors write, is
+/// dropped), naming what is wrong when it is not one.
+pub(crate) fn read_text_file(path: &Path) -> Result<String, TextFileError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(TextFileError::Io)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_TEXT_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(TextFileError::Io)?;
+    if bytes.len() as u64 > MAX_TEXT_FILE_BYTES {
+        return Err(TextFileError::NotText(format!(
+            "it is larger than {} KiB, far more than any configuration",
+            MAX_TEXT_FILE_BYTES / 1024
+        )));
+    }
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    if bytes.starts_with(b"\xFF\xFE") || bytes.starts_with(b"\xFE\xFF") {
+        return Err(TextFileError::NotText(
+            "it is UTF-16 text; save it as UTF-8".into(),
+        ));
+    }
+    if bytes.contains(&0) {
+        return Err(TextFileError::NotText(
+            "it contains binary data (NUL bytes)".into(),
+        ));
+    }
+    String::from_utf8(bytes.to_vec()).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = bytes[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        TextFileError::NotText(format!(
+            "line {line} is not UTF-8 (another encoding such as Latin-1?); save it as UTF-8"
+        ))
+    })
 }
 
 fn parse_file(path: &Path, text: &str) -> Result<Config, ConfigError> {

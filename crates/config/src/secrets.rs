@@ -6,6 +6,8 @@ use rand::distributions::{Alphanumeric, DistString};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::load::{read_text_file, TextFileError};
+
 /// Why the secrets file could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
@@ -71,16 +73,24 @@ pub fn random_token(len: usize) -> String {
 impl Secrets {
     /// Reads the secrets at `path`, generating and saving any that are missing.
     pub fn load_or_generate(path: &Path) -> Result<Secrets, SecretsError> {
-        let mut file: SecretsFile = match std::fs::read_to_string(path) {
+        let mut file: SecretsFile = match read_text_file(path) {
             Ok(text) => toml::from_str(&text).map_err(|e| SecretsError::Damaged {
                 path: path.to_path_buf(),
                 message: e.message().to_string(),
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SecretsFile::default(),
-            Err(source) => {
+            Err(TextFileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                SecretsFile::default()
+            }
+            Err(TextFileError::Io(source)) => {
                 return Err(SecretsError::Read {
                     path: path.to_path_buf(),
                     source,
+                })
+            }
+            Err(TextFileError::NotText(message)) => {
+                return Err(SecretsError::Damaged {
+                    path: path.to_path_buf(),
+                    message,
                 })
             }
         };
@@ -138,24 +148,31 @@ impl Secrets {
 }
 
 /// Writes `contents` to `path` readable by the owner only, atomically (temp file + rename), so
-/// a crash never leaves a half-written or world-readable file. For secrets and anything that
+/// a crash never leaves a half-written or world-readable file; a failed write (a full disk)
+/// removes its temp file and leaves the old file as it was. For secrets and anything that
 /// holds a token.
 pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    // `mode` only applies on creation; a leftover temp file must not keep wider permissions.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // `mode` only applies on creation; a leftover temp file must not keep wider permissions.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
