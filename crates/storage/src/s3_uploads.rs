@@ -193,6 +193,19 @@ struct MultipartUpload {
     initiated: DateTime<Utc>,
 }
 
+/// The uploads started more than `older_than` before `now`.
+fn started_before(
+    uploads: Vec<MultipartUpload>,
+    now: DateTime<Utc>,
+    older_than: Duration,
+) -> Vec<MultipartUpload> {
+    let cutoff = now - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+    uploads
+        .into_iter()
+        .filter(|upload| upload.initiated <= cutoff)
+        .collect()
+}
+
 impl Storage {
     /// Aborts the multipart uploads under this place's prefix that were started more than
     /// `older_than` ago (a running upload is younger). `None`: the place has no multipart uploads
@@ -205,14 +218,7 @@ impl Storage {
         let Kind::S3(bucket) = &self.kind else {
             return Ok(None);
         };
-        let cutoff =
-            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
-        let abandoned: Vec<MultipartUpload> = bucket
-            .list()
-            .await?
-            .into_iter()
-            .filter(|upload| upload.initiated <= cutoff)
-            .collect();
+        let abandoned = started_before(bucket.list().await?, Utc::now(), older_than);
         for upload in &abandoned {
             bucket.abort(upload).await?;
             tracing::info!(key = %upload.key, initiated = %upload.initiated, "aborted an abandoned multipart upload");
@@ -240,6 +246,11 @@ mod tests {
         assert_eq!(page.next_upload_id_marker.as_deref(), Some("id-2"));
         assert_eq!(page.uploads.len(), 2);
         assert_eq!(page.uploads[1].key, "b.mp4");
+        // At 03:04:35.5 with a 30 s limit, only the upload started at 03:04:05 is abandoned.
+        let now = "2026-01-02T03:04:35.500Z".parse().unwrap();
+        let abandoned = started_before(page.uploads, now, Duration::from_secs(30));
+        assert_eq!(abandoned.len(), 1);
+        assert_eq!(abandoned[0].upload_id, "id-1");
         let empty: ListMultipartUploadsResult = quick_xml::de::from_str(
             "<ListMultipartUploadsResult><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>",
         )
