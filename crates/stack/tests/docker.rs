@@ -29,10 +29,6 @@ async fn docker_cold_start_provisions_adopts_and_keeps_data_across_restarts() {
         step_outcome(&events, "docker", "engine"),
         Some(StepOutcome::Unchanged)
     );
-    assert!(stack
-        .services()
-        .iter()
-        .all(|s| s.state == ServiceState::Ready && s.backend == "docker"));
 
     // Published on loopback only, under the home's name, with our label.
     let inspected = docker()
@@ -47,11 +43,7 @@ async fn docker_cold_start_provisions_adopts_and_keeps_data_across_restarts() {
         test.home.tag()
     );
 
-    let connections = stack.connections();
-    assert_password_required(&connections).await;
-    assert_broker_provisioned(&connections).await;
-    assert_depth_stream_sees_a_message(&stack).await;
-    write_row(&connections).await;
+    assert_ready_and_write_a_row(&stack, "docker").await;
     stack.shutdown().await.unwrap();
 
     // A warm start in a runtime that then dies without shutting down, like a crashed app: its
@@ -110,8 +102,7 @@ async fn docker_cold_start_provisions_adopts_and_keeps_data_across_restarts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_killed_container_is_restarted_and_a_taken_port_is_replaced() {
     let mut test = test_home(Backend::Docker);
-    let holder = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
-    let taken = holder.local_addr().unwrap().port();
+    let (_holder, taken) = taken_port();
     test.config.rabbitmq.port.0 = taken;
     let (stack, mut received) = test.start().await;
     let events = drain(&mut received);
@@ -128,12 +119,7 @@ async fn docker_killed_container_is_restarted_and_a_taken_port_is_replaced() {
     let _ = exits.next().await;
     wait_for_state(&mut received, "postgres", ServiceState::Failed).await;
     wait_for_state(&mut received, "postgres", ServiceState::Ready).await;
-    let status = stack
-        .services()
-        .into_iter()
-        .find(|s| s.name == "postgres")
-        .unwrap();
-    assert_eq!(status.restarts, 1);
+    assert_eq!(service(&stack, "postgres").restarts, 1);
     assert_password_required(&stack.connections()).await;
 
     stack.shutdown().await.unwrap();

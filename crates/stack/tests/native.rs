@@ -24,16 +24,8 @@ async fn native_cold_start_provisions_and_keeps_data_across_restarts() {
         step_outcome(&events, "rabbitmq", "guest user"),
         Some(StepOutcome::Unchanged)
     );
-    assert!(stack
-        .services()
-        .iter()
-        .all(|s| s.state == ServiceState::Ready && s.backend == "native" && s.address.is_some()));
-
-    let connections = stack.connections();
-    assert_password_required(&connections).await;
-    assert_broker_provisioned(&connections).await;
-    assert_depth_stream_sees_a_message(&stack).await;
-    write_row(&connections).await;
+    assert!(stack.services().iter().all(|s| s.address.is_some()));
+    assert_ready_and_write_a_row(&stack, "native").await;
     stack.shutdown().await.unwrap();
     assert!(lookit_stack::inspect(&test.home, &test.config)
         .await
@@ -75,19 +67,13 @@ async fn native_cold_start_provisions_and_keeps_data_across_restarts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn native_killed_service_is_restarted_and_a_taken_port_is_replaced() {
     let mut test = test_home(Backend::Native);
-    let holder = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
-    let taken = holder.local_addr().unwrap().port();
+    let (_holder, taken) = taken_port();
     test.config.postgres.port.0 = taken;
     let (stack, mut received) = test.start().await;
 
     let connections = stack.connections();
     assert_ne!(connections.postgres.port, taken);
-    let postgres_status = stack
-        .services()
-        .into_iter()
-        .find(|s| s.name == "postgres")
-        .unwrap();
-    assert!(postgres_status
+    assert!(service(&stack, "postgres")
         .message
         .unwrap_or_default()
         .contains(&format!("port {taken} is taken")));
@@ -104,12 +90,7 @@ async fn native_killed_service_is_restarted_and_a_taken_port_is_replaced() {
     let message = wait_for_state(&mut received, "postgres", ServiceState::Failed).await;
     assert!(message.unwrap_or_default().contains("restarting"));
     wait_for_state(&mut received, "postgres", ServiceState::Ready).await;
-    let status = stack
-        .services()
-        .into_iter()
-        .find(|s| s.name == "postgres")
-        .unwrap();
-    assert_eq!(status.restarts, 1);
+    assert_eq!(service(&stack, "postgres").restarts, 1);
     assert_ne!(stack.process_id("postgres"), Some(pid));
     assert_password_required(&stack.connections()).await;
 
@@ -120,12 +101,7 @@ async fn native_killed_service_is_restarted_and_a_taken_port_is_replaced() {
 
     // A user stop is not undone by the supervisor; a start brings it back.
     stack.stop_service("rabbitmq").await.unwrap();
-    let status = stack
-        .services()
-        .into_iter()
-        .find(|s| s.name == "rabbitmq")
-        .unwrap();
-    assert_eq!(status.state, ServiceState::Stopped);
+    assert_eq!(service(&stack, "rabbitmq").state, ServiceState::Stopped);
     assert!(lapin::Connection::connect(
         secrecy::ExposeSecret::expose_secret(&stack.connections().rabbitmq.amqp_url()),
         lapin::ConnectionProperties::default()

@@ -231,3 +231,37 @@ pub async fn read_row(connections: &Connections) -> String {
         .await
         .expect("the row written before the restart is there")
 }
+
+/// The status of one service of `stack`.
+pub fn service(stack: &Stack, name: &str) -> lookit_status::ServiceStatus {
+    stack
+        .services()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no service {name}"))
+}
+
+/// A loopback port held by this test, so the stack must pick another one.
+pub fn taken_port() -> (std::net::TcpListener, u16) {
+    let holder = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = holder.local_addr().unwrap().port();
+    (holder, port)
+}
+
+/// What a user checks on a freshly started stack of `backend`: every service ready, Postgres
+/// asks for the password, the broker is provisioned and its depths stream; then a row is written
+/// that the next start must still have.
+pub async fn assert_ready_and_write_a_row(stack: &Stack, backend: &str) {
+    let services = stack.services();
+    assert!(
+        services
+            .iter()
+            .all(|s| s.state == lookit_status::ServiceState::Ready && s.backend == backend),
+        "{services:?}"
+    );
+    let connections = stack.connections();
+    assert_password_required(&connections).await;
+    assert_broker_provisioned(&connections).await;
+    assert_depth_stream_sees_a_message(stack).await;
+    write_row(&connections).await;
+}
