@@ -212,18 +212,22 @@ impl WatchState {
         }
     }
 
+    /// Each folder is watched before it is listed, so a subfolder created meanwhile is either
+    /// listed or reported by the new watch: none is missed.
     fn watch_tree(&mut self, top: PathBuf) -> Result<(), WatchError> {
-        let folders: Vec<PathBuf> = walkdir::WalkDir::new(&top)
-            .into_iter()
-            .filter_entry(|e| {
-                e.file_type().is_dir()
-                    && (e.depth() == 0 || !e.file_name().to_str().is_some_and(is_ignored_folder))
-            })
-            .filter_map(Result::ok)
-            .map(walkdir::DirEntry::into_path)
-            .collect();
-        for folder in folders {
-            self.watch_folder(folder)?;
+        let mut folders = vec![top];
+        while let Some(folder) = folders.pop() {
+            self.watch_folder(folder.clone())?;
+            let Ok(entries) = std::fs::read_dir(&folder) else {
+                continue;
+            };
+            folders.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter(|e| !e.file_name().to_str().is_some_and(is_ignored_folder))
+                    .map(|e| e.path()),
+            );
         }
         Ok(())
     }
