@@ -23,6 +23,10 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+#[path = "common/api_token.rs"]
+mod api_token;
+use api_token::api_token;
+
 /// Concurrent connections driving load (each a worker task with its own response to PATCH).
 const CONNECTIONS: usize = 8;
 /// Requests per route per round, at most.
@@ -158,58 +162,6 @@ struct Figures {
     p99: Duration,
 }
 
-/// Logs in with password and authenticator code and asks for an API token, as a script would.
-async fn api_token(base: &str, username: &str, totp_secret: &str) -> anyhow::Result<String> {
-    let client = reqwest::Client::new();
-    let login = client
-        .post(format!("{base}/api/auth/login/"))
-        .json(&json!({"username": username, "password": PASSWORD}))
-        .send()
-        .await?;
-    ensure!(login.status() == 200, "login answered {}", login.status());
-    let cookie = login
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .context("no session cookie")?
-        .to_string();
-    let body: Value = login.json().await?;
-    let csrf = body["csrf_token"].as_str().context("no csrf_token")?;
-    let code = totp_rs::TOTP::new(
-        totp_rs::Algorithm::SHA1,
-        6,
-        1,
-        30,
-        totp_rs::Secret::Encoded(totp_secret.into())
-            .to_bytes()
-            .map_err(|e| anyhow::anyhow!("authenticator secret: {e:?}"))?,
-        None,
-        username.into(),
-    )?
-    .generate_current()?;
-    let second = client
-        .post(format!("{base}/api/auth/login/code/"))
-        .header("cookie", &cookie)
-        .header("x-csrftoken", csrf)
-        .json(&json!({"code": code}))
-        .send()
-        .await?;
-    ensure!(second.status() == 204, "code answered {}", second.status());
-    let token = client
-        .post(format!("{base}/api/auth/tokens/"))
-        .header("cookie", &cookie)
-        .header("x-csrftoken", csrf)
-        .send()
-        .await?;
-    ensure!(token.status() == 201, "tokens answered {}", token.status());
-    let token: Value = token.json().await?;
-    Ok(token["token"]
-        .as_str()
-        .context("no token in the answer")?
-        .to_string())
-}
-
 /// Seeds the demo data, a full page of active studies, and a participant (with password and
 /// activated authenticator) who owns the demo child and one response per connection.
 async fn seed(pool: &sqlx::PgPool) -> anyhow::Result<(String, String, Vec<Uuid>)> {
@@ -298,7 +250,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
 
-    let token = api_token(&base, &username, &secret).await?;
+    let token = api_token(&reqwest::Client::new(), &base, &username, PASSWORD, &secret).await?;
     let target = Arc::new(Target {
         base,
         token,

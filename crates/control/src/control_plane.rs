@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::apps::Apps;
 use crate::records;
+use crate::telemetry::{ResourceTelemetry, USAGE_INTERVAL};
 
 /// How often the snapshot is recomputed even when no event arrived (CPU, memory). A change of
 /// the queue depths recomputes it at once, so a queue change reaches the screen without
@@ -46,6 +47,8 @@ pub(crate) struct InstanceCore {
     /// Service states learnt from stack events while no `Stack` exists yet (or after it failed).
     early_states: Mutex<BTreeMap<String, ServiceStatus>>,
     snapshot: Mutex<StatusReport>,
+    /// CPU and memory, read by [`InstanceCore::usage_loop`].
+    usage: ResourceTelemetry,
     ready: watch::Sender<bool>,
     stop: CancellationToken,
     /// Stops the refresher when the instance ends.
@@ -72,6 +75,7 @@ impl InstanceCore {
             lifecycle: tokio::sync::Mutex::new(()),
             early_states: Mutex::new(BTreeMap::new()),
             snapshot: Mutex::new(StatusReport::default()),
+            usage: ResourceTelemetry::default(),
             ready: watch::channel(false).0,
             stop: CancellationToken::new(),
             closing: CancellationToken::new(),
@@ -94,6 +98,7 @@ impl InstanceCore {
     /// Starts the stack and the parts that need it, and keeps the snapshot fresh until closing.
     pub(crate) async fn bring_up(self: Arc<Self>) {
         tokio::spawn(self.clone().refresh_loop());
+        tokio::spawn(self.clone().usage_loop());
         if let Err(message) = self.start_stack().await {
             self.notify(
                 NotificationLevel::Error,
@@ -253,6 +258,22 @@ impl InstanceCore {
         }
     }
 
+    /// Reads CPU and memory in the background, so a status request never waits for it.
+    async fn usage_loop(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(USAGE_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.closing.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let stack = self.stack.read().await;
+            self.usage.sample(stack.as_ref()).await;
+            drop(stack);
+            self.refresh().await;
+        }
+    }
+
     /// Recomputes the snapshot; sends it to the panel when it changed.
     async fn refresh(&self) {
         let report = self.compute().await;
@@ -305,6 +326,7 @@ impl InstanceCore {
             None => false,
         };
         report.ready = stack_ready && apps_ready;
+        self.usage.apply(&mut report.services);
         report
     }
 

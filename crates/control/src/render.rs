@@ -32,6 +32,9 @@ pub fn render_status(report: &StatusReport) -> String {
                 s.backend,
                 s.address.as_deref().unwrap_or("-")
             );
+            if let Some(usage) = usage_text(s.cpu_percent, s.memory_bytes) {
+                let _ = write!(out, "  {usage}");
+            }
             if let Some(message) = &s.message {
                 let _ = write!(out, "  ({message})");
             }
@@ -70,6 +73,22 @@ pub fn render_status(report: &StatusReport) -> String {
     };
     let _ = writeln!(out, "Tunnel:    {tunnel}");
     out
+}
+
+/// `CPU 1.5%, 48.0 MiB`: what a service uses, when it was measured.
+fn usage_text(cpu_percent: Option<f32>, memory_bytes: Option<u64>) -> Option<String> {
+    let cpu = cpu_percent.map(|cpu| format!("CPU {cpu:.1}%"));
+    let memory = memory_bytes.map(|bytes| format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0)));
+    match (cpu, memory) {
+        (None, None) => None,
+        (cpu, memory) => Some(
+            [cpu, memory]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+    }
 }
 
 /// `lookit-local tunnel status`: the end-to-end check, one line per hop along the path.
@@ -112,8 +131,8 @@ mod tests {
                 address: Some("127.0.0.1:5433".into()),
                 started_at: None,
                 restarts: 2,
-                cpu_percent: None,
-                memory_bytes: None,
+                cpu_percent: Some(1.25),
+                memory_bytes: Some(48 * 1024 * 1024),
                 message: Some("exited with status 1".into()),
             }],
             queues: vec![QueueDepth {
@@ -137,6 +156,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Tunnel:    off"), "{text}");
+        assert!(text.contains("CPU 1.2%, 48.0 MiB"), "{text}");
     }
 
     #[test]

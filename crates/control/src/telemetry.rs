@@ -46,3 +46,52 @@ pub fn init(config: &LogConfig, logs_dir: &Path, file_name: &str) -> anyhow::Res
         .context("install the logger")?;
     Ok(LogGuard { _file: guard })
 }
+
+/// How often CPU and memory are read. A reading of Docker containers takes about a second (the
+/// engine samples twice), so this runs in its own loop, never per request.
+pub(crate) const USAGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The latest CPU and memory of each service and of this process (which runs the embedded API
+/// and worker), for the overview cards.
+#[derive(Default)]
+pub(crate) struct ResourceTelemetry {
+    own_process: lookit_stack::ProcessSampler,
+    latest: std::sync::Mutex<std::collections::HashMap<String, lookit_stack::ResourceUsage>>,
+}
+
+/// Key of this process's reading; the embedded services show it.
+const OWN_PROCESS: &str = "";
+
+impl ResourceTelemetry {
+    /// Takes a new reading of the stack's services (when it runs) and of this process.
+    pub(crate) async fn sample(&self, stack: Option<&lookit_stack::Stack>) {
+        let mut readings = match stack {
+            Some(stack) => stack.resource_usage().await,
+            None => Default::default(),
+        };
+        // Only this process, not its children: those are the native servers, measured above.
+        let me = std::process::id();
+        if let Some(own) = self.own_process.sample(&[(me, false)]).remove(&me) {
+            readings.insert(OWN_PROCESS.to_string(), own);
+        }
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = readings;
+    }
+
+    /// Puts the latest readings on the services' cards. The embedded API and worker share this
+    /// process, so both show its figures.
+    pub(crate) fn apply(&self, services: &mut [lookit_status::ServiceStatus]) {
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        for service in services {
+            let key = if service.backend == "embedded" {
+                OWN_PROCESS
+            } else {
+                service.name.as_str()
+            };
+            let reading = latest
+                .get(key)
+                .filter(|_| service.state != lookit_status::ServiceState::Stopped);
+            service.cpu_percent = reading.and_then(|r| r.cpu_percent);
+            service.memory_bytes = reading.map(|r| r.memory_bytes);
+        }
+    }
+}

@@ -22,6 +22,7 @@ mod postgres;
 mod rabbitmq;
 mod running;
 mod supervisor;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,7 @@ pub use connections::{Connections, PostgresConnection, RabbitConnection};
 pub use doctor::doctor;
 pub use error::StackError;
 pub use event::{LayerProgress, StackEvent, StepOutcome};
+pub use usage::{ProcessSampler, ResourceUsage};
 pub use lookit_status::{CheckOutcome, DoctorCheck};
 
 use event::Reporter;
@@ -73,6 +75,17 @@ pub struct Stack {
     supervisors: Vec<(ServiceKind, mpsc::Sender<Command>)>,
     depths: watch::Receiver<Vec<QueueDepth>>,
     depth_poller: tokio::task::JoinHandle<()>,
+    usage: UsageSource,
+}
+
+/// Where the CPU and memory of the services are read.
+enum UsageSource {
+    /// The server processes (and their children) from `/proc`.
+    Processes(ProcessSampler),
+    /// The engine's stats of each service's container.
+    Containers(bollard::Docker, Vec<(ServiceKind, String)>),
+    /// Someone else's servers: nothing to read.
+    None,
 }
 
 impl Stack {
@@ -91,6 +104,17 @@ impl Stack {
             Engine::External => Backend::External,
         };
         let connections = initial_connections(config, secrets, backend)?;
+        let usage = match &engine {
+            Engine::Docker(docker) => UsageSource::Containers(
+                docker.clone(),
+                ServiceKind::ALL
+                    .into_iter()
+                    .map(|kind| (kind, docker::container_name(home, kind)))
+                    .collect(),
+            ),
+            Engine::Native => UsageSource::Processes(ProcessSampler::default()),
+            Engine::External => UsageSource::None,
+        };
         let shared = Arc::new(Shared::new(backend, connections));
 
         let mut services = Vec::new();
@@ -150,6 +174,7 @@ impl Stack {
             shared,
             supervisors,
             depths,
+            usage,
         };
         if let Some(error) = failure {
             // Leave nothing half-started behind.
@@ -174,6 +199,48 @@ impl Stack {
     /// a service to another port).
     pub fn connections(&self) -> Connections {
         self.shared.connections()
+    }
+
+    /// CPU and memory of each running service, by name; services that do not run (or are not
+    /// ours to measure) are left out. A container reading takes about a second (the engine
+    /// samples twice), so call this from a background loop, not per request.
+    pub async fn resource_usage(&self) -> std::collections::HashMap<String, ResourceUsage> {
+        let running = |kind: ServiceKind| {
+            matches!(
+                self.shared.state(kind),
+                Some(ServiceState::Ready | ServiceState::Starting | ServiceState::Stopping)
+            )
+        };
+        match &self.usage {
+            UsageSource::Processes(sampler) => {
+                let pids: Vec<(ServiceKind, u32)> = ServiceKind::ALL
+                    .into_iter()
+                    .filter(|kind| running(*kind))
+                    .filter_map(|kind| Some((kind, self.shared.pid(kind)?)))
+                    .collect();
+                let trees: Vec<(u32, bool)> = pids.iter().map(|(_, pid)| (*pid, true)).collect();
+                let mut usage = sampler.sample(&trees);
+                pids.into_iter()
+                    .filter_map(|(kind, pid)| Some((kind.name().to_string(), usage.remove(&pid)?)))
+                    .collect()
+            }
+            UsageSource::Containers(docker, names) => {
+                let readings = names.iter().filter(|(kind, _)| running(*kind)).map(
+                    |(kind, name)| async move {
+                        Some((
+                            kind.name().to_string(),
+                            usage::container_usage(docker, name).await?,
+                        ))
+                    },
+                );
+                futures::future::join_all(readings)
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            }
+            UsageSource::None => std::collections::HashMap::new(),
+        }
     }
 
     /// The server's process id on this machine (native backend), e.g. to show or inspect it.
