@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::broker::{JobError, JobHandler, Publisher};
+use crate::builder_image::{BuilderImage, BuilderImageError};
 use crate::container::{BuilderExit, BuilderRun};
 use crate::settings::WorkerSettings;
 use crate::source::{is_commit_sha, PlayerSource};
@@ -93,6 +94,7 @@ pub(crate) struct BuildHandler {
     pub pool: PgPool,
     pub settings: Arc<WorkerSettings>,
     pub docker: Docker,
+    pub builder_image: Arc<BuilderImage>,
     pub events: broadcast::Sender<WorkerEvent>,
 }
 
@@ -248,19 +250,24 @@ impl BuildHandler {
             .map_err(|e| StageError::Trouble(BuildStage::Checkout, e))?;
 
         self.enter(build, BuildStage::BuilderImage).await?;
-        let image_id = self
-            .docker
-            .inspect_image(&settings.builder_image)
-            .await
-            .with_context(|| {
-                format!(
-                    "builder image {} is not available (build it from docker/ember-builder)",
-                    settings.builder_image
-                )
-            })
-            .map_err(|e| StageError::Trouble(BuildStage::BuilderImage, e))?
-            .id
-            .unwrap_or_default();
+        let ensure = self.builder_image.ensure(|progress| {
+            say(format!("builder image: {progress}"));
+            let _ = self.events.send(WorkerEvent::BuilderImage {
+                image: settings.builder_image.clone(),
+                progress,
+            });
+        });
+        let image_id = tokio::select! {
+            ready = ensure => match ready {
+                Ok(ready) => ready.id,
+                // The engine may come back; a failing image build or pull fails the same way again.
+                Err(BuilderImageError::Engine(error)) => {
+                    return Err(StageError::Trouble(BuildStage::BuilderImage, anyhow::anyhow!(error)))
+                }
+                Err(error) => return Err(StageError::Failed(BuildStage::BuilderImage, error.to_string())),
+            },
+            _ = cancel.cancelled() => return Err(StageError::Cancelled),
+        };
         let env = self.container_env(build.study_id, &player_sha);
         let cache_key = cache_key(&player_sha, &image_id, &env);
         let output = settings.output_dir(&cache_key);

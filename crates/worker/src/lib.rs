@@ -10,6 +10,7 @@
 
 mod broker;
 mod build;
+mod builder_image;
 mod cleanup;
 mod container;
 mod email;
@@ -31,9 +32,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use broker::{
-    connect as connect_broker, consume, declare_queues, JobError, JobHandler, Publisher, RetryPolicy,
+    connect as connect_broker, consume, declare_queues, JobError, JobHandler, Publisher,
+    RetryPolicy,
 };
 pub use build::{BuildStage, BUILD_NOTIFY_CHANNEL};
+pub use builder_image::{BuilderImage, BuilderImageError, BuilderImageProgress, ImageReady};
 pub use email::EmailOutcome;
 pub use follow::{follow_build, BuildOutcome};
 pub use settings::{BuildEnvironment, QueueLimits, StorageTarget, WorkerSettings};
@@ -70,6 +73,42 @@ pub enum WorkerEvent {
         job_id: Option<Uuid>,
         reason: String,
     },
+    /// Progress of building the builder image (at start-up or before a build).
+    BuilderImage {
+        image: String,
+        progress: BuilderImageProgress,
+    },
+    /// The builder image could not be made ready; builds fail with the same error until it is.
+    BuilderImageFailed {
+        image: String,
+        error: String,
+    },
+}
+
+/// Makes sure the builder image exists, reporting the progress of its build and its failure.
+async fn prepare_builder_image(
+    image: Arc<BuilderImage>,
+    events: broadcast::Sender<WorkerEvent>,
+    shutdown: CancellationToken,
+) {
+    let name = image.name().to_string();
+    let report = |progress| {
+        let _ = events.send(WorkerEvent::BuilderImage {
+            image: name.clone(),
+            progress,
+        });
+    };
+    let result = tokio::select! {
+        result = image.ensure(report) => result,
+        _ = shutdown.cancelled() => return,
+    };
+    if let Err(error) = result {
+        tracing::warn!(image = %name, %error, "the builder image is not ready");
+        let _ = events.send(WorkerEvent::BuilderImageFailed {
+            image: name,
+            error: error.to_string(),
+        });
+    }
 }
 
 /// Longest wait between two reconnection attempts.
@@ -87,10 +126,22 @@ pub async fn run(
     let docker =
         bollard::Docker::connect_with_local_defaults().context("connect to the Docker engine")?;
     let mailer = Arc::new(email::Mailer::new(&settings)?);
+    let builder_image = Arc::new(BuilderImage::new(
+        docker.clone(),
+        settings.builder_image.clone(),
+        settings.builder_base_image.clone(),
+    ));
+    // Its first build takes minutes: started now, so a build request finds it (nearly) ready.
+    tokio::spawn(prepare_builder_image(
+        builder_image.clone(),
+        events.clone(),
+        shutdown.clone(),
+    ));
     let builds = Arc::new(build::BuildHandler {
         pool: pool.clone(),
         settings: settings.clone(),
         docker: docker.clone(),
+        builder_image,
         events: events.clone(),
     });
     let emails = Arc::new(email::EmailHandler {

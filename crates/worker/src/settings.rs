@@ -58,6 +58,9 @@ pub struct BuildEnvironment {
     pub sentry_dsn: String,
 }
 
+/// The base of Lookit's builder: the frameplayer's ember-cli needs an older Node.
+const DEFAULT_BUILDER_BASE_IMAGE: &str = "node:14-bullseye";
+
 /// Everything the worker needs apart from the database pool.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -70,6 +73,9 @@ pub struct WorkerSettings {
     pub retry_backoff_base: Duration,
     /// Image that honours the §2 build contract (`builds.builder_image`).
     pub builder_image: String,
+    /// The Node image the builder image is built on when it is missing
+    /// (`builds.builder_base_image`).
+    pub builder_base_image: String,
     /// Longest a builder container may run before the build fails as timed out.
     pub build_time_limit: Duration,
     /// Holds `checkouts/`, `deployments/` and `outputs/` (the output cache).
@@ -100,6 +106,7 @@ impl WorkerSettings {
             max_attempts: 5,
             retry_backoff_base: Duration::from_secs(10),
             builder_image,
+            builder_base_image: DEFAULT_BUILDER_BASE_IMAGE.to_string(),
             build_time_limit: Duration::from_secs(30 * 60),
             builds_dir,
             build_environment: BuildEnvironment::default(),
