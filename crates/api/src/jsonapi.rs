@@ -120,8 +120,10 @@ fn relation(kind: &str, id: Uuid) -> Value {
     })
 }
 
+/// Saturating: a page far past the end (`?page=9223372036854775806`) is an empty page (404), not
+/// an overflow.
 fn offset(page: i64) -> i64 {
-    (page - 1) * PAGE_SIZE
+    (page - 1).saturating_mul(PAGE_SIZE)
 }
 
 /// A read-only JSON:API resource backed by one table: how its rows are selected, who may see
