@@ -20,7 +20,9 @@ pub struct Config {
     pub builds: BuildsConfig,
     pub email: EmailConfig,
     pub tunnel: TunnelConfig,
+    pub desktop: DesktopConfig,
     pub storage: StorageConfig,
+    pub watch: WatchConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -203,6 +205,30 @@ impl Default for EmailConfig {
     }
 }
 
+/// The desktop app's window and tray (`[desktop]`); the headless CLI ignores them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DesktopConfig {
+    /// Closing the window hides it and keeps the stack running in the tray; off: closing the
+    /// window quits (stopping the services the app started).
+    pub close_to_tray: bool,
+    /// Start with the window hidden in the tray (as `--minimized` does).
+    pub start_minimized: bool,
+    /// Start the app (minimised) when the user logs in. Unset: as chosen in the tray menu;
+    /// `true`/`false`: the app makes it so at every start.
+    pub start_at_login: Option<bool>,
+}
+
+impl Default for DesktopConfig {
+    fn default() -> Self {
+        Self {
+            close_to_tray: true,
+            start_minimized: false,
+            start_at_login: None,
+        }
+    }
+}
+
 /// Which service makes the API reachable from the internet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -352,6 +378,56 @@ impl fmt::Display for StorageUrl {
         }
         Ok(())
     }
+}
+
+/// The live development loop (issue 8): watched player and protocol folders and the config file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchConfig {
+    /// Quiet time that ends a burst of changes; one burst gives one rebuild. 50 to 60000.
+    #[serde(deserialize_with = "debounce_ms")]
+    pub debounce_ms: u64,
+    /// Scan folders every `poll_interval_secs` instead of asking the kernel (inotify) to report
+    /// changes: for network folders (NFS, SMB, sshfs) where no change notices arrive.
+    pub poll: bool,
+    /// How often a polled folder is scanned, 1 to 3600 seconds.
+    #[serde(deserialize_with = "poll_interval_secs")]
+    pub poll_interval_secs: u64,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            debounce_ms: 300,
+            poll: false,
+            poll_interval_secs: 2,
+        }
+    }
+}
+
+fn bounded<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    range: std::ops::RangeInclusive<u64>,
+    unit: &str,
+) -> Result<u64, D::Error> {
+    let value = u64::deserialize(deserializer)?;
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{value} is out of range: expected {} to {} {unit}",
+            range.start(),
+            range.end()
+        )))
+    }
+}
+
+fn debounce_ms<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    bounded(deserializer, 50..=60_000, "milliseconds")
+}
+
+fn poll_interval_secs<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    bounded(deserializer, 1..=3600, "seconds")
 }
 
 /// A TCP port number; 0 means "any free port".
@@ -570,5 +646,54 @@ mod watch_tests {
                 && err.contains("50 to 60000"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod desktop_tests {
+    use crate::Config;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, crate::ConfigError> {
+        Config::from_sources(
+            std::path::Path::new("/lab/config.toml"),
+            Some(text),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn the_desktop_section_defaults_to_close_to_tray_and_leaves_login_to_the_tray() {
+        let desktop = load("", &[]).unwrap().desktop;
+        assert!(desktop.close_to_tray);
+        assert!(!desktop.start_minimized);
+        assert_eq!(desktop.start_at_login, None);
+        let desktop = load(
+            "[desktop]\nclose_to_tray = false\nstart_minimized = true\nstart_at_login = true\n",
+            &[],
+        )
+        .unwrap()
+        .desktop;
+        assert!(!desktop.close_to_tray && desktop.start_minimized);
+        assert_eq!(desktop.start_at_login, Some(true));
+        // The environment overrides the file, as for every key.
+        let desktop = load("", &[("LOOKIT_LOCAL__DESKTOP__CLOSE_TO_TRAY", "false")])
+            .unwrap()
+            .desktop;
+        assert!(!desktop.close_to_tray);
+    }
+
+    #[test]
+    fn a_bad_desktop_value_names_the_key_and_line() {
+        let err = load("[desktop]\n\nclose_to_tray = \"sometimes\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 3") && err.contains("`desktop.close_to_tray`"),
+            "{err}"
+        );
+        let err = load("[desktop]\nminimised = true\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`desktop.minimised`"), "{err}");
     }
 }
