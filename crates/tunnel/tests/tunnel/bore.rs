@@ -288,26 +288,29 @@ async fn the_end_to_end_check_names_the_hop_that_fails() {
 }
 
 #[tokio::test]
-async fn the_end_to_end_check_names_a_database_the_api_cannot_reach() {
+async fn the_end_to_end_check_names_the_service_the_api_cannot_reach() {
     let world = World::new(InspectorSettings::default()).await;
     world.share().await;
-    world
-        .api_health
-        .set("unreachable: connection refused (os error 111)", "ok");
-    let check = world.tunnel.check().await.unwrap();
-    assert_eq!(check.public_url, HopResult::Ok);
-    assert_eq!(check.proxy, HopResult::Ok);
-    assert_eq!(check.api, HopResult::Ok, "the API itself answers");
-    assert_eq!(
-        check.database,
-        HopResult::Failed("unreachable: connection refused (os error 111)".into())
-    );
-    assert_eq!(check.broker, HopResult::Ok);
-    assert!(!check.all_ok());
-    assert_eq!(
-        check.first_failure().as_deref(),
-        Some("database: unreachable: connection refused (os error 111)")
-    );
+    let refused = "unreachable: connection refused (os error 111)";
+    let silent = "unreachable: no answer within 3 s";
+    for (database, broker, named) in [
+        (refused, "ok", format!("database: {refused}")),
+        ("ok", silent, format!("broker: {silent}")),
+    ] {
+        world.api_health.set(database, broker);
+        let check = world.tunnel.check().await.unwrap();
+        assert_eq!(check.public_url, HopResult::Ok);
+        assert_eq!(check.proxy, HopResult::Ok);
+        assert_eq!(check.api, HopResult::Ok, "the API itself answers");
+        let hop = |health: &str| match health {
+            "ok" => HopResult::Ok,
+            failed => HopResult::Failed(failed.into()),
+        };
+        assert_eq!(check.database, hop(database));
+        assert_eq!(check.broker, hop(broker));
+        assert!(!check.all_ok());
+        assert_eq!(check.first_failure(), Some(named));
+    }
     // The check's own requests are not requests through the tunnel.
     assert!(world
         .tunnel
@@ -316,27 +319,6 @@ async fn the_end_to_end_check_names_a_database_the_api_cannot_reach() {
         .await
         .unwrap()
         .is_empty());
-}
-
-#[tokio::test]
-async fn the_end_to_end_check_names_a_broker_the_api_cannot_reach() {
-    let world = World::new(InspectorSettings::default()).await;
-    world.share().await;
-    world
-        .api_health
-        .set("ok", "unreachable: no answer within 3 s");
-    let check = world.tunnel.check().await.unwrap();
-    assert_eq!(check.api, HopResult::Ok);
-    assert_eq!(check.database, HopResult::Ok);
-    assert_eq!(
-        check.broker,
-        HopResult::Failed("unreachable: no answer within 3 s".into())
-    );
-    assert!(!check.all_ok());
-    assert_eq!(
-        check.first_failure().as_deref(),
-        Some("broker: unreachable: no answer within 3 s")
-    );
 
     // With both down, the database (earlier on the path) is named first.
     world
