@@ -262,15 +262,14 @@ impl FromRequestParts<ApiState> for Authenticated {
                 .ok_or_else(|| {
                     ApiError::Unauthorized("the Authorization header must be `Token <key>`".into())
                 })?;
-            let user_id: Option<Uuid> =
-                sqlx::query_scalar("SELECT user_id FROM api_tokens WHERE token_hash = $1")
-                    .bind(keyed_hash(key, token.trim()))
-                    .fetch_optional(pool)
-                    .await?;
-            let user = match user_id {
-                Some(id) => find_user(pool, id).await?,
-                None => None,
-            }
+            // One round trip for token and user: this runs before every scripted request.
+            let user: User = sqlx::query_as(&format!(
+                "SELECT {USER_COLUMNS} FROM users \
+                 WHERE id = (SELECT user_id FROM api_tokens WHERE token_hash = $1)"
+            ))
+            .bind(keyed_hash(key, token.trim()))
+            .fetch_optional(pool)
+            .await?
             .ok_or_else(|| ApiError::Unauthorized("invalid token".into()))?;
             return Ok(Authenticated {
                 user,

@@ -127,6 +127,11 @@ impl Storage {
         StoreLocation::Folder(path.into()).open()
     }
 
+    /// Where this place is (`s3://bucket/prefix`, `gs://…` or the folder), for people.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
     /// The store, scoped to this place's prefix.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store

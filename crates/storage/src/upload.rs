@@ -104,8 +104,14 @@ impl Storage {
             .iter()
             .partition(|(file, _)| file.file_name().is_some_and(|name| name == ENTRY_POINT));
         for batch in [assets, entry_points] {
+            // Owned items: futures that borrow from the stream's items are not `Send` for every
+            // lifetime, which a caller in a `Send` task needs.
+            let batch: Vec<(PathBuf, Key)> = batch
+                .into_iter()
+                .map(|(file, key)| (folder.join(file), key.clone()))
+                .collect();
             futures::stream::iter(batch)
-                .map(|(file, key)| self.upload_file(folder.join(file), key))
+                .map(|(file, key)| self.upload_file(file, key))
                 .buffer_unordered(PARALLEL_UPLOADS)
                 .try_collect::<Vec<()>>()
                 .await?;
@@ -123,13 +129,14 @@ impl Storage {
                 location: self.location_of(to),
                 source,
             })?;
-        futures::stream::iter(&stale)
+        let removed = stale.len();
+        futures::stream::iter(stale)
             .map(|key| async move {
-                match self.store.delete(key).await {
+                match self.store.delete(&key).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                     Err(source) => Err(StorageError::Store {
                         operation: "delete",
-                        location: self.location_of(key),
+                        location: self.location_of(&key),
                         source,
                     }),
                 }
@@ -139,12 +146,12 @@ impl Storage {
             .await?;
         Ok(Uploaded {
             files: keys.len(),
-            removed: stale.len(),
+            removed,
             location: self.location_of(to),
         })
     }
 
-    async fn upload_file(&self, file: PathBuf, key: &Key) -> Result<(), StorageError> {
+    async fn upload_file(&self, file: PathBuf, key: Key) -> Result<(), StorageError> {
         let bytes = tokio::fs::read(&file)
             .await
             .with_context(|| format!("read {}", file.display()))
@@ -162,12 +169,12 @@ impl Storage {
             ..PutOptions::default()
         };
         self.store
-            .put_opts(key, PutPayload::from(bytes), options)
+            .put_opts(&key, PutPayload::from(bytes), options)
             .await
             .map(|_| ())
             .map_err(|source| StorageError::Store {
                 operation: "upload",
-                location: self.location_of(key),
+                location: self.location_of(&key),
                 source,
             })
     }

@@ -5,24 +5,16 @@ use std::time::Duration;
 
 use lookit_storage::object_store::path::Path as Key;
 use lookit_storage::object_store::{Attribute, ObjectStoreExt, PutPayload};
-use lookit_storage::{study_prefix, GcsLocation, S3Location, Storage, StoreLocation};
-use lookit_testkit::S3Server;
-use secrecy::SecretString;
+use lookit_storage::{study_prefix, GcsLocation, Storage, StoreLocation};
 use uuid::Uuid;
 
 async fn s3_storage(prefix: &str) -> (Storage, String) {
     let server = lookit_testkit::s3_server().await;
     let bucket = server.fresh_bucket().await;
-    let storage = StoreLocation::S3(S3Location {
-        bucket: bucket.clone(),
-        prefix: prefix.to_string(),
-        region: S3Server::REGION.into(),
-        endpoint: Some(server.endpoint().parse().unwrap()),
-        access_key_id: Some(SecretString::from(S3Server::ACCESS_KEY_ID)),
-        secret_access_key: Some(SecretString::from(S3Server::SECRET_ACCESS_KEY)),
-    })
-    .open()
-    .expect("open the S3 storage");
+    let storage = server
+        .location(&bucket, prefix)
+        .open()
+        .expect("open the S3 storage");
     (storage, bucket)
 }
 

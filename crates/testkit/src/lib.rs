@@ -249,6 +249,18 @@ impl S3Server {
         &self.endpoint
     }
 
+    /// The S3 storage place `s3://<bucket>/<prefix>` on this server, with the test credentials.
+    pub fn location(&self, bucket: &str, prefix: &str) -> lookit_storage::StoreLocation {
+        lookit_storage::StoreLocation::S3(lookit_storage::S3Location {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            region: Self::REGION.to_string(),
+            endpoint: Some(self.endpoint.parse().expect("the server's URL")),
+            access_key_id: Some(Self::ACCESS_KEY_ID.into()),
+            secret_access_key: Some(Self::SECRET_ACCESS_KEY.into()),
+        })
+    }
+
     /// Creates an empty bucket for one test and returns its name.
     pub async fn fresh_bucket(&self) -> String {
         let name = format!("test-{}", uuid::Uuid::new_v4().simple());

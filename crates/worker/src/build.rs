@@ -16,6 +16,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use bollard::Docker;
 use lookit_contracts::{BuildJob, BuildStatus, EmailJob, Queue};
+use lookit_storage::{output_files, study_prefix, Storage};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -29,7 +30,6 @@ use crate::builder_image::{BuilderImage, BuilderImageError};
 use crate::container::{BuilderExit, BuilderRun};
 use crate::settings::WorkerSettings;
 use crate::source::{is_commit_sha, PlayerSource};
-use crate::storage::output_files;
 use crate::WorkerEvent;
 
 /// Postgres channel notified (payload: the build id) when a build's log or status changes.
@@ -92,6 +92,8 @@ struct BuildRow {
 /// Consumer of the `builds` queue.
 pub(crate) struct BuildHandler {
     pub pool: PgPool,
+    /// Where outputs are uploaded for participants (`storage.builds`).
+    pub builds_store: Storage,
     pub settings: Arc<WorkerSettings>,
     pub docker: Docker,
     pub builder_image: Arc<BuilderImage>,
@@ -287,12 +289,16 @@ impl BuildHandler {
         }
 
         self.enter(build, BuildStage::Upload).await?;
-        let location = settings
-            .storage
-            .publish(build.study_id, &output)
+        let uploaded = self
+            .builds_store
+            .upload_folder(&output, &study_prefix(build.study_id))
             .await
-            .map_err(|e| StageError::Trouble(BuildStage::Upload, e))?;
-        say(format!("published to {location}"));
+            .map_err(|e| StageError::Trouble(BuildStage::Upload, e.into()))?;
+        say(format!(
+            "uploaded {} files to {}",
+            uploaded.files, uploaded.location
+        ));
+        let location = uploaded.location;
         Ok(Built {
             player_sha,
             cache_key,

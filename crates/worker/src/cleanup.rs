@@ -9,6 +9,7 @@ use bollard::container::{ListContainersOptions, RemoveContainerOptions};
 use bollard::image::PruneImagesOptions;
 use bollard::Docker;
 use lookit_contracts::{CleanupJob, CleanupTask, Queue};
+use lookit_storage::Storage;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -21,6 +22,8 @@ use crate::settings::WorkerSettings;
 /// Consumer of the `cleanup` queue.
 pub(crate) struct CleanupHandler {
     pub pool: PgPool,
+    /// Where multipart uploads may be abandoned: the builds and the video storage.
+    pub stores: Vec<Storage>,
     pub settings: Arc<WorkerSettings>,
     pub docker: Docker,
 }
@@ -47,8 +50,7 @@ impl JobHandler for CleanupHandler {
         match job.task {
             CleanupTask::OldBuildOutputs => self.remove_old_build_files().await,
             CleanupTask::DockerPrune => self.prune_docker().await,
-            // Outputs go to a local folder; there is no S3 bucket with uploads to finish.
-            CleanupTask::MultipartUploads => Ok(()),
+            CleanupTask::MultipartUploads => self.abort_abandoned_uploads().await,
             CleanupTask::Announcements => {
                 return Err(JobError::Permanent(anyhow::anyhow!(
                     "study announcement emails are not supported by this worker"
@@ -90,6 +92,25 @@ impl CleanupHandler {
             self.settings.outputs_dir(),
         ] {
             remove_older_than(&dir, max_age, &in_use).await?;
+        }
+        Ok(())
+    }
+
+    /// Multipart uploads nobody finished in the S3 stores (a participant who closed the page
+    /// during a direct video upload, a worker killed mid-upload): their parts cost money forever.
+    async fn abort_abandoned_uploads(&self) -> anyhow::Result<()> {
+        for store in &self.stores {
+            let aborted = store
+                .abort_abandoned_uploads(self.settings.abandoned_upload_age)
+                .await
+                .with_context(|| format!("clean the multipart uploads of {}", store.root()))?;
+            if let Some(aborted) = aborted {
+                tracing::info!(
+                    store = store.root(),
+                    aborted,
+                    "abandoned multipart uploads aborted"
+                );
+            }
         }
         Ok(())
     }

@@ -18,7 +18,6 @@ mod follow;
 mod ledger;
 mod settings;
 mod source;
-mod storage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +38,7 @@ pub use build::{BuildStage, BUILD_NOTIFY_CHANNEL};
 pub use builder_image::{BuilderImage, BuilderImageError, BuilderImageProgress, ImageReady};
 pub use email::EmailOutcome;
 pub use follow::{follow_build, BuildOutcome};
-pub use settings::{BuildEnvironment, QueueLimits, StorageTarget, WorkerSettings};
+pub use settings::{BuildEnvironment, QueueLimits, WorkerSettings};
 pub use source::{PlayerSource, DEFAULT_PLAYER_BRANCH, DEFAULT_PLAYER_REPOSITORY};
 
 /// What the worker reports to the dashboard and the log.
@@ -126,6 +125,15 @@ pub async fn run(
     let docker =
         bollard::Docker::connect_with_local_defaults().context("connect to the Docker engine")?;
     let mailer = Arc::new(email::Mailer::new(&settings)?);
+    let builds_store = settings
+        .builds_store
+        .clone()
+        .open()
+        .context("open the storage for built studies")?;
+    let mut upload_stores = vec![builds_store.clone()];
+    if let Some(videos) = &settings.videos_store {
+        upload_stores.push(videos.clone().open().context("open the video storage")?);
+    }
     let builder_image = Arc::new(BuilderImage::new(
         docker.clone(),
         settings.builder_image.clone(),
@@ -139,6 +147,7 @@ pub async fn run(
     ));
     let builds = Arc::new(build::BuildHandler {
         pool: pool.clone(),
+        builds_store,
         settings: settings.clone(),
         docker: docker.clone(),
         builder_image,
@@ -151,6 +160,7 @@ pub async fn run(
     });
     let cleanups = Arc::new(cleanup::CleanupHandler {
         pool: pool.clone(),
+        stores: upload_stores,
         settings: settings.clone(),
         docker,
     });

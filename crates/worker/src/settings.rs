@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lookit_contracts::{CleanupTask, Queue};
+use lookit_storage::StoreLocation;
 use secrecy::SecretString;
 
 /// How many messages of one queue the broker hands out ahead (`prefetch`) and how many run at
@@ -34,14 +35,6 @@ impl QueueLimits {
     pub fn concurrency(self) -> usize {
         self.concurrency
     }
-}
-
-/// Where build outputs are published for participants.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StorageTarget {
-    /// A folder the API serves `/studies/<study_uuid>/` from; each study's files go to
-    /// `<folder>/<study_uuid>/`.
-    LocalFolder(PathBuf),
 }
 
 /// The container environment of §2 that a lab configures (Pipe, S3, Sentry). These values change
@@ -81,7 +74,14 @@ pub struct WorkerSettings {
     /// Holds `checkouts/`, `deployments/` and `outputs/` (the output cache).
     pub builds_dir: PathBuf,
     pub build_environment: BuildEnvironment,
-    pub storage: StorageTarget,
+    /// Where built studies are uploaded for participants (`storage.builds`), at
+    /// `experiments/<study_uuid>/`; the folder `<builds_dir>/published` by default.
+    pub builds_store: StoreLocation,
+    /// Pipe's video storage (`storage.videos`): cleanup aborts its abandoned multipart uploads
+    /// too. `None`: the worker does not look there.
+    pub videos_store: Option<StoreLocation>,
+    /// A multipart upload started longer ago than this is abandoned; cleanup aborts it.
+    pub abandoned_upload_age: Duration,
     /// `smtp://host:port` or `smtps://user:pass@host` (lettre URL syntax). Without it emails are
     /// kept in the database outbox (status `kept`) for the dashboard.
     pub smtp_url: Option<SecretString>,
@@ -96,7 +96,7 @@ impl WorkerSettings {
     /// Settings with the documented defaults for everything but the connection, the builder
     /// image and the folders.
     pub fn new(amqp_url: SecretString, builder_image: String, builds_dir: PathBuf) -> Self {
-        let storage = StorageTarget::LocalFolder(builds_dir.join("published"));
+        let builds_store = StoreLocation::Folder(builds_dir.join("published"));
         WorkerSettings {
             amqp_url,
             limits: Queue::ALL
@@ -110,12 +110,18 @@ impl WorkerSettings {
             build_time_limit: Duration::from_secs(30 * 60),
             builds_dir,
             build_environment: BuildEnvironment::default(),
-            storage,
+            builds_store,
+            videos_store: None,
+            abandoned_upload_age: Duration::from_secs(24 * 3600),
             smtp_url: None,
             from_address: "Lookit Local <lookit@localhost>".to_string(),
             cleanup_schedule: vec![
                 (CleanupTask::OldBuildOutputs, Duration::from_secs(24 * 3600)),
                 (CleanupTask::DockerPrune, Duration::from_secs(24 * 3600)),
+                (
+                    CleanupTask::MultipartUploads,
+                    Duration::from_secs(24 * 3600),
+                ),
             ],
             build_files_max_age: Duration::from_secs(24 * 3600),
         }
