@@ -49,13 +49,19 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     lookit_control::install_crypto_provider();
-    let settings = DesktopSettings::from_env_and_args();
     let options = InstanceOptions::from_env()?;
+    let settings = DesktopSettings::new(&options.config.desktop, std::env::args());
     let _log = lookit_control::telemetry::init(
         &options.config.log,
         &options.home.logs_dir(),
         "lookit-local-desktop",
     )?;
+    if let Some(enabled) = settings.start_at_login {
+        // The configuration decides; a failure only costs the login entry, not the app.
+        if let Err(e) = autostart::set_enabled(enabled) {
+            tracing::warn!("could not set start at login to {enabled}: {e:#}");
+        }
+    }
     let app = tauri::Builder::default()
         // First, so a second launch hands over before doing anything else.
         .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
