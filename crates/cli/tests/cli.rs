@@ -2,35 +2,11 @@
 //! and line; `config` shows no secrets; `doctor` says what to run; and a whole `up` → `status` →
 //! `env` → `down` cycle on the native backend (real Postgres and RabbitMQ).
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use assert_cmd::cargo::CommandCargoExt;
+use std::process::Command;
 
-fn lookit(home: &Path) -> Command {
-    let mut command = Command::cargo_bin("lookit-local").expect("binary built");
-    command
-        .env("LOOKIT_LOCAL_HOME", home)
-        .env_remove("RUST_LOG")
-        // Ports of their own, so this test never meets another instance or the test services.
-        .env("LOOKIT_LOCAL__STACK__BACKEND", "native")
-        .env("LOOKIT_LOCAL__POSTGRES__PORT", "0")
-        .env("LOOKIT_LOCAL__RABBITMQ__PORT", "0")
-        .env("LOOKIT_LOCAL__RABBITMQ__MANAGEMENT_PORT", "0")
-        .env("LOOKIT_LOCAL__API__PORT", "0");
-    command
-}
-
-fn output(command: &mut Command) -> (bool, String, String) {
-    let out = command.output().expect("run lookit-local");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{lookit, output, up_until_ready};
 
 #[test]
 fn a_bad_config_stops_every_command_with_key_file_and_line() {
@@ -112,70 +88,6 @@ fn doctor_names_the_command_that_fixes_an_unreachable_docker_engine() {
     assert!(stdout.contains("FAIL"), "{stdout}");
     assert!(stdout.to_lowercase().contains("docker"), "{stdout}");
     assert!(stdout.contains("fix: "), "no fix command in:\n{stdout}");
-}
-
-/// Kills the instance if the test fails half-way, so no server outlives the test.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = nix_kill(self.0.id());
-        let _ = self.0.wait();
-    }
-}
-
-fn nix_kill(pid: u32) -> std::io::Result<()> {
-    Command::new("kill")
-        .arg(pid.to_string())
-        .status()
-        .map(|_| ())
-}
-
-/// Waits for a line starting with `wanted` on the instance's stdout (read by a thread, so a
-/// silent instance ends the wait at the deadline instead of hanging the test).
-fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, wanted: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if line.starts_with(wanted) => return line,
-            Ok(_) => continue,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                panic!("no `{wanted}` line within 240 s")
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                panic!("the instance exited before printing `{wanted}`")
-            }
-        }
-    }
-}
-
-/// Starts `lookit-local up --headless` for `home` and returns once it printed `Stack ready`.
-fn up_until_ready(home: &Path, extra_env: &[(&str, &str)]) -> Running {
-    let mut command = lookit(home);
-    for (name, value) in extra_env {
-        command.env(name, value);
-    }
-    let mut child = command
-        .args(["up", "--headless"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let running = Running(child);
-    let (sender, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let dashboard = wait_for_line(&lines, "Dashboard: http://127.0.0.1:");
-    assert!(dashboard.contains("/#token="), "{dashboard}");
-    wait_for_line(&lines, "Stack ready");
-    running
 }
 
 #[test]
