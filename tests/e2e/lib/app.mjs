@@ -35,9 +35,10 @@ export async function freshHome() {
 }
 
 export class HeadlessApp {
-  constructor(child, home, dashboard, lines) {
+  constructor(child, home, env, dashboard, lines) {
     this.child = child;
     this.home = home;
+    this.env = env;
     this.dashboard = dashboard;
     this.lines = lines;
     const url = new URL(dashboard);
@@ -45,10 +46,12 @@ export class HeadlessApp {
     this.token = new URLSearchParams(url.hash.slice(1)).get('token');
   }
 
-  static async start() {
+  /** `settings`: more `LOOKIT_LOCAL__SECTION__KEY` overrides, e.g. the builder image. */
+  static async start(settings = {}) {
     const home = await freshHome();
+    const env = { ...instanceEnv(home), ...settings };
     const child = spawn(appBinary(), ['up', '--headless'], {
-      env: instanceEnv(home),
+      env,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const lines = [];
@@ -72,7 +75,7 @@ export class HeadlessApp {
         reject(new Error(`lookit-local up exited (${code ?? signal}) before printing the dashboard URL\n${stderr.join('')}`));
       });
     });
-    const app = new HeadlessApp(child, home, dashboard, lines);
+    const app = new HeadlessApp(child, home, env, dashboard, lines);
     app.exited = exited;
     app.stderr = stderr;
     app.ready = new Promise((resolve, reject) => {
@@ -95,9 +98,15 @@ export class HeadlessApp {
     return body;
   }
 
+  /** Runs another `lookit-local` command against this instance's home; its stdout. */
+  async run(...args) {
+    const { stdout } = await promisify(execFile)(appBinary(), args, { env: this.env });
+    return stdout;
+  }
+
   /** The running stack's connection settings (`lookit-local env`), as an object. */
   async connectionSettings() {
-    const { stdout } = await promisify(execFile)(appBinary(), ['env'], { env: instanceEnv(this.home) });
+    const stdout = await this.run('env');
     return Object.fromEntries(
       stdout
         .split('\n')
