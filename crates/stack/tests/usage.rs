@@ -16,7 +16,9 @@ async fn assert_both_services_measured(stack: &lookit_stack::Stack) {
             .unwrap_or_else(|| panic!("no reading for {service}: {first:?} then {second:?}"));
         // Both servers hold well over a megabyte resident; RabbitMQ's VM much more.
         assert!(usage.memory_bytes > 1024 * 1024, "{service}: {usage:?}");
-        let cpu = usage.cpu_percent.expect("CPU known from the second reading");
+        let cpu = usage
+            .cpu_percent
+            .expect("CPU known from the second reading");
         assert!(cpu >= 0.0, "{service}: {usage:?}");
     }
 }
