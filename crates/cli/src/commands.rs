@@ -48,6 +48,7 @@ pub async fn run(command: Command, home: Home, config: Config) -> anyhow::Result
             player,
             wait,
         } => build(&home, &config, &study, player.as_deref(), wait).await,
+        Command::Study { action } => study(&home, &config, action).await,
         Command::Certs {
             action: CertsAction::Trust,
         } => certs_trust(&home),
@@ -402,26 +403,6 @@ fn certs_trust(home: &Home) -> anyhow::Result<Outcome> {
     Ok(Outcome::Problems)
 }
 
-/// A `--player` value: a folder or repository URL, optionally pinned with `@<40-hex sha>`.
-fn parse_player(value: &str) -> anyhow::Result<(String, Option<String>)> {
-    let (source, sha) = match value.rsplit_once('@') {
-        Some((source, sha)) if sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            (source, Some(sha.to_ascii_lowercase()))
-        }
-        _ => (value, None),
-    };
-    let is_url = source.contains("://");
-    let source = if is_url {
-        source.to_string()
-    } else {
-        let path = std::fs::canonicalize(source).with_context(|| {
-            format!("--player {source}: no such folder (give a folder or a repository URL)")
-        })?;
-        path.display().to_string()
-    };
-    Ok((source, sha))
-}
-
 async fn build(
     home: &Home,
     config: &Config,
@@ -429,30 +410,16 @@ async fn build(
     player: Option<&str>,
     wait: bool,
 ) -> anyhow::Result<Outcome> {
-    let study: uuid::Uuid = study.parse().map_err(|_| {
-        anyhow::anyhow!("{study:?} is not a study id (a UUID, as `demo seed` prints)")
-    })?;
+    let study = study_id(study)?;
     let pool = database(home, config).await?;
-    if let Some(player) = player {
-        let (repo, sha) = parse_player(player)?;
-        // The player is part of the study, as when a researcher sets it in Lookit.
-        let updated = sqlx::query(
-            "UPDATE studies SET metadata = metadata || jsonb_build_object('player_repo_url', $2::text) \
-             || CASE WHEN $3::text IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('last_known_player_sha', $3::text) END, \
-             modified_at = now() WHERE id = $1",
-        )
-        .bind(study)
-        .bind(&repo)
-        .bind(&sha)
-        .execute(&pool)
-        .await?;
-        if updated.rows_affected() == 0 {
-            bail!("there is no study {study}");
+    let queued = match player {
+        Some(player) => {
+            let player = lookit_watch::Player::parse(player).context("--player")?;
+            lookit_watch::queue_build_with_player(&pool, study, &player).await
         }
+        None => lookit_api::queue_study_build(&pool, study).await,
     }
-    let queued = lookit_api::queue_study_build(&pool, study)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("Build {} queued.", queued.id);
     if InstanceRecord::read_live(&home.instance_file())?.is_none() {
         println!("Lookit Local is not running: the build starts when it is (`lookit-local up`).");
@@ -480,4 +447,53 @@ async fn build(
             Ok(Outcome::Problems)
         }
     }
+}
+
+fn study_id(study: &str) -> anyhow::Result<uuid::Uuid> {
+    study
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{study:?} is not a study id (a UUID, as `demo seed` prints)"))
+}
+
+/// `study watch` / `study unwatch`: the link is stored; the running app (if any) follows it.
+async fn study(
+    home: &Home,
+    config: &Config,
+    action: crate::StudyAction,
+) -> anyhow::Result<Outcome> {
+    let running = InstanceRecord::read_live(&home.instance_file())?.is_some();
+    match action {
+        crate::StudyAction::Watch {
+            study,
+            player,
+            protocol,
+        } => {
+            let study = study_id(&study)?;
+            let pool = database(home, config).await?;
+            let link =
+                lookit_watch::link_study(&pool, study, player.as_deref(), protocol.as_deref())
+                    .await?;
+            if let Some(player) = &link.player_folder {
+                println!("Player folder: {player} (each burst of changes rebuilds the study)");
+            }
+            if let Some(protocol) = &link.protocol_folder {
+                println!(
+                    "Protocol folder: {protocol} (valid changes become the study's structure)"
+                );
+            }
+            if !running {
+                println!("Lookit Local is not running: watching starts with `lookit-local up`.");
+            }
+        }
+        crate::StudyAction::Unwatch { study } => {
+            let study = study_id(&study)?;
+            let pool = database(home, config).await?;
+            if lookit_watch::unlink_study(&pool, study).await? {
+                println!("Study {study} is no longer watched.");
+            } else {
+                println!("Study {study} had no watched folders.");
+            }
+        }
+    }
+    Ok(Outcome::Done)
 }

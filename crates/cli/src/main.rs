@@ -97,6 +97,12 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Link local folders to a study: the running app rebuilds it when its player folder
+    /// changes and updates its structure from its protocol folder.
+    Study {
+        #[command(subcommand)]
+        action: StudyAction,
+    },
     /// Local HTTPS certificates.
     Certs {
         #[command(subcommand)]
@@ -159,6 +165,25 @@ enum DemoAction {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum StudyAction {
+    /// Watch a local frameplayer folder (and/or a folder of protocol JSON files) for a study;
+    /// the link is kept, and the running app follows it at once.
+    #[command(group(clap::ArgGroup::new("folders").required(true).multiple(true)))]
+    Watch {
+        study: String,
+        /// The frameplayer checkout: each burst of changes rebuilds the study from it.
+        #[arg(long, group = "folders")]
+        player: Option<std::path::PathBuf>,
+        /// A folder of protocol files (`*.json` with `frames` and `sequence`): valid changes
+        /// become the study's structure.
+        #[arg(long, group = "folders")]
+        protocol: Option<std::path::PathBuf>,
+    },
+    /// Stop watching a study's folders.
+    Unwatch { study: String },
 }
 
 #[derive(Subcommand)]
