@@ -13,7 +13,10 @@ use lookit_control::{InstanceRecord, PanelClient, ServiceAddresses, TunnelCheck}
 use lookit_status::{StatusReport, TunnelState};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::{AdminAction, CertsAction, Command, ConfigAction, DemoAction, Outcome, TunnelAction};
+use crate::{
+    AdminAction, BuilderAction, CertsAction, Command, ConfigAction, DemoAction, Outcome,
+    TunnelAction,
+};
 
 pub async fn run(command: Command, home: Home, config: Config) -> anyhow::Result<Outcome> {
     match command {
@@ -48,6 +51,9 @@ pub async fn run(command: Command, home: Home, config: Config) -> anyhow::Result
             player,
             wait,
         } => build(&home, &config, &study, player.as_deref(), wait).await,
+        Command::Builder {
+            action: BuilderAction::Build { force },
+        } => builder_build(&config, force).await,
         Command::Study { action } => study(&home, &config, action).await,
         Command::Certs {
             action: CertsAction::Trust,
@@ -358,6 +364,7 @@ async fn worker(home: Home, config: Config) -> anyhow::Result<Outcome> {
         config.builds.builder_image.to_string(),
         home.builds_dir(),
     );
+    settings.builder_base_image = config.builds.builder_base_image.to_string();
     settings.build_time_limit = Duration::from_secs(config.builds.time_limit_secs);
     settings.max_attempts = config.builds.max_attempts;
     settings.from_address = config.email.from_address.clone();
@@ -380,6 +387,29 @@ async fn worker(home: Home, config: Config) -> anyhow::Result<Outcome> {
     });
     println!("Worker consuming builds, email and cleanup (Ctrl-C to stop).");
     lookit_worker::run(pool, settings, events, shutdown).await?;
+    Ok(Outcome::Done)
+}
+
+/// Builds the builder image (when missing, or always with `force`), printing each step, the
+/// steps' output and the base image's download as they happen.
+async fn builder_build(config: &Config, force: bool) -> anyhow::Result<Outcome> {
+    let image = lookit_worker::BuilderImage::connect(
+        config.builds.builder_image.to_string(),
+        config.builds.builder_base_image.to_string(),
+    )?;
+    let print = |progress: lookit_worker::BuilderImageProgress| println!("{progress}");
+    let ready = if force {
+        image.rebuild(print).await?
+    } else {
+        image.ensure(print).await?
+    };
+    if !ready.built {
+        println!(
+            "{} is already on this machine ({}); `--force` rebuilds it.",
+            image.name(),
+            ready.id
+        );
+    }
     Ok(Outcome::Done)
 }
 

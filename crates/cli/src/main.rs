@@ -97,6 +97,12 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// The study builder image (`builds.builder_image`), built from the Dockerfile shipped in
+    /// the app.
+    Builder {
+        #[command(subcommand)]
+        action: BuilderAction,
+    },
     /// Link local folders to a study: the running app rebuilds it when its player folder
     /// changes and updates its structure from its protocol folder.
     Study {
@@ -164,6 +170,17 @@ enum DemoAction {
     Seed {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BuilderAction {
+    /// Build the builder image on `builds.builder_base_image` when it is missing, showing the
+    /// progress (a build also does this before it needs the image).
+    Build {
+        /// Rebuild it even when it exists, without the layer cache (fresh base and packages).
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -389,6 +389,9 @@ impl BuildStream {
     }
 
     fn line(&mut self, line: &str) -> Option<BuilderImageProgress> {
+        // The classic builder colours a step's stderr; the colour codes are noise in a log.
+        let plain = strip_colours(line);
+        let line = plain.as_str();
         if let Some((number, total, instruction)) = parse_step(line) {
             self.step = Some((number, total, instruction.clone()));
             return Some(BuilderImageProgress::Step {
@@ -428,6 +431,25 @@ impl BuildStream {
             tail: Vec::from(self.tail.clone()).join("\n"),
         }
     }
+}
+
+/// The text without ANSI colour sequences (`ESC [ ... m`).
+fn strip_colours(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip to the end of the sequence: its final byte is a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
 
 /// `Step 3/5 : RUN npm install` → (3, 5, `RUN npm install`).
@@ -499,7 +521,8 @@ mod tests {
         let mut events = stream.text("Step 1/4 : ARG NODE_IMAGE=node:14-bullseye\n");
         events.extend(stream.text("Step 3/4 : RUN npm install --global bow"));
         events.extend(stream.text("er@1.8.14\n ---> Running in 5f1c2a\nadded 1 pack"));
-        events.extend(stream.text("age in 2s\nRemoving intermediate container 5f1c2a\n"));
+        events.extend(stream.text("age in 2s\n\u{1b}[0mRemoving intermediate container 5f1c2a\n"));
+        events.extend(stream.text("\u{1b}[91mnpm WARN deprecated bower@1.8.14\n\u{1b}[0m"));
         events.extend(stream.finish());
         assert_eq!(
             events,
@@ -516,6 +539,9 @@ mod tests {
                 },
                 BuilderImageProgress::Output {
                     line: "added 1 package in 2s".into()
+                },
+                BuilderImageProgress::Output {
+                    line: "npm WARN deprecated bower@1.8.14".into()
                 },
             ]
         );
