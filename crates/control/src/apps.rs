@@ -166,6 +166,18 @@ impl Apps {
             )),
         ));
 
+        // The live development loop (issue 8): linked study folders and the config file.
+        tasks.push((
+            "watch",
+            tokio::spawn(crate::watch::run(
+                pool.clone(),
+                core.home.clone(),
+                core.config.clone(),
+                core.events().clone(),
+                stop.clone(),
+            )),
+        ));
+
         let health_client = reqwest::Client::builder()
             .add_root_certificate(
                 reqwest::Certificate::from_pem(ca.ca_pem().as_bytes())

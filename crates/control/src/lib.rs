@@ -17,6 +17,7 @@ mod panel_client;
 mod records;
 mod render;
 pub mod telemetry;
+mod watch;
 
 pub use commands::{lookit_env, purge, status, wait_for_exit, ServiceAddresses};
 pub use instance::{run_foreground, Instance, InstanceOptions};
