@@ -340,8 +340,11 @@ impl InstanceCore {
         }
     }
 
-    fn videos_dir(&self) -> std::path::PathBuf {
-        self.home.data_dir().join("videos")
+    /// The local video folder (where the API keeps videos with `storage.videos = "local"`);
+    /// `None` when videos go to cloud storage.
+    fn videos_dir(&self) -> Option<std::path::PathBuf> {
+        (self.config.storage.videos == lookit_config::StorageUrl::Local)
+            .then(|| self.home.data_dir().join("videos"))
     }
 
     /// Tells the Builds page about a build it did not learn of from the worker.
@@ -538,10 +541,10 @@ impl ControlPlane for InstanceCore {
     }
 
     async fn videos(&self) -> Result<Vec<VideoSummary>, ActionError> {
-        records::videos(&self.database().await?, &self.videos_dir()).await
+        records::videos(&self.database().await?, self.videos_dir().as_deref()).await
     }
 
     async fn video_file(&self, id: Uuid) -> Result<std::path::PathBuf, ActionError> {
-        records::video_file(&self.database().await?, &self.videos_dir(), id).await
+        records::video_file(&self.database().await?, self.videos_dir().as_deref(), id).await
     }
 }

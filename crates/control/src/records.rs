@@ -334,10 +334,11 @@ type VideoRow = (
     DateTime<Utc>,
 );
 
-/// Received videos, newest first, with their size when the file is stored on this machine.
+/// Received videos, newest first, with their size when the file is stored on this machine
+/// (`videos_dir`: the local video folder; `None` when videos go to cloud storage).
 pub(crate) async fn videos(
     pool: &PgPool,
-    videos_dir: &Path,
+    videos_dir: Option<&Path>,
 ) -> Result<Vec<VideoSummary>, ActionError> {
     let rows: Vec<VideoRow> = sqlx::query_as(&format!(
         "SELECT v.id, v.full_name, v.study_id, s.name, v.response_id, v.frame_id, \
@@ -349,7 +350,7 @@ pub(crate) async fn videos(
     .map_err(database_error)?;
     let mut videos = Vec::with_capacity(rows.len());
     for (id, file_name, study_id, study, response_id, frame_id, consent, recorded_at) in rows {
-        let size_bytes = match local_video_path(videos_dir, &file_name) {
+        let size_bytes = match videos_dir.and_then(|dir| local_video_path(dir, &file_name)) {
             Some(path) => tokio::fs::metadata(&path)
                 .await
                 .ok()
@@ -376,7 +377,7 @@ pub(crate) async fn videos(
 /// The stored file of a received video, when it is on this machine.
 pub(crate) async fn video_file(
     pool: &PgPool,
-    videos_dir: &Path,
+    videos_dir: Option<&Path>,
     id: Uuid,
 ) -> Result<PathBuf, ActionError> {
     let name: Option<String> = sqlx::query_scalar("SELECT full_name FROM videos WHERE id = $1")
@@ -385,7 +386,7 @@ pub(crate) async fn video_file(
         .await
         .map_err(database_error)?;
     let name = name.ok_or_else(|| ActionError::NotFound(format!("video {id}")))?;
-    match local_video_path(videos_dir, &name) {
+    match videos_dir.and_then(|dir| local_video_path(dir, &name)) {
         Some(path) if tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()) => Ok(path),
         _ => Err(ActionError::NotFound(format!(
             "the file of video {name} on this machine (it may be kept in cloud storage)"
@@ -529,18 +530,21 @@ mod tests {
         .await
         .unwrap();
         // Recorded but not (yet) on this machine: listed, not playable.
-        let listed = videos(&pool, folder.path()).await.unwrap();
+        let listed = videos(&pool, Some(folder.path())).await.unwrap();
         assert_eq!(
             (listed[0].stored_locally, listed[0].size_bytes),
             (false, None)
         );
         assert!(matches!(
-            video_file(&pool, folder.path(), id).await,
+            video_file(&pool, Some(folder.path()), id).await,
             Err(ActionError::NotFound(_))
         ));
 
         std::fs::write(folder.path().join(format!("{name}.mp4")), b"0123456789").unwrap();
-        let listed = videos(&pool, folder.path()).await.unwrap();
+        // With videos in cloud storage, a file that happens to be in the folder is not theirs.
+        let in_the_cloud = videos(&pool, None).await.unwrap();
+        assert_eq!(in_the_cloud[0].size_bytes, None);
+        let listed = videos(&pool, Some(folder.path())).await.unwrap();
         assert_eq!(listed[0].study, "Demo study");
         assert!(listed[0].consent);
         assert_eq!(
@@ -548,7 +552,7 @@ mod tests {
             (true, Some(10))
         );
         assert_eq!(
-            video_file(&pool, folder.path(), id).await.unwrap(),
+            video_file(&pool, Some(folder.path()), id).await.unwrap(),
             folder.path().join(format!("{name}.mp4"))
         );
     }
