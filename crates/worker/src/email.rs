@@ -7,8 +7,9 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use lettre::message::header::ContentType;
 use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use lookit_contracts::{EmailJob, Queue};
 use minijinja::{Environment, UndefinedBehavior};
@@ -57,6 +58,27 @@ const TEMPLATES: &[TemplateFiles] = &[
     template!("participant_message"),
 ];
 
+/// The HTML every email is wrapped in when it is sent: the logo at the top, as in Lookit's emails.
+/// The outbox keeps the template's own HTML (the dashboard shows it without the frame).
+const LAYOUT: (&str, &str) = ("layout.html", include_str!("../templates/layout.html"));
+
+/// Images sent inline with every email as parts of a `multipart/related` HTML body, by their
+/// Content-ID (RFC 2392: the HTML shows them as `cid:<id>`, no remote image to load).
+const INLINE_IMAGES: &[InlineImage] = &[InlineImage {
+    content_id: LOGO_CONTENT_ID,
+    content_type: "image/png",
+    bytes: include_bytes!("../../../icons/128x128.png"),
+}];
+
+/// The logo's Content-ID, referenced by the layout.
+const LOGO_CONTENT_ID: &str = "lookit-logo@lookit-local";
+
+struct InlineImage {
+    content_id: &'static str,
+    content_type: &'static str,
+    bytes: &'static [u8],
+}
+
 /// Templates whose recipients are participants.
 const PARTICIPANT_TEMPLATES: &[&str] = &["participant_message"];
 
@@ -92,6 +114,7 @@ impl Mailer {
                 templates.add_template(file, source)?;
             }
         }
+        templates.add_template(LAYOUT.0, LAYOUT.1)?;
         let smtp = match &settings.smtp_url {
             Some(url) => Some(
                 AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
@@ -167,11 +190,41 @@ impl Mailer {
             ));
         }
         builder
-            .multipart(MultiPart::alternative_plain_html(
-                rendered.text.clone(),
-                rendered.html.clone(),
-            ))
+            .multipart(
+                MultiPart::alternative()
+                    .singlepart(SinglePart::plain(rendered.text.clone()))
+                    .multipart(self.html_with_images(rendered)?),
+            )
             .context("assemble the message")
+    }
+
+    /// The HTML in its layout, with the images it shows by `cid:` as inline parts next to it.
+    fn html_with_images(&self, rendered: &Rendered) -> anyhow::Result<MultiPart> {
+        let html = self
+            .templates
+            .get_template(LAYOUT.0)
+            .and_then(|layout| {
+                layout.render(minijinja::context! {
+                    subject => &rendered.subject,
+                    logo_cid => LOGO_CONTENT_ID,
+                    // Already rendered (and escaped) by its own template.
+                    content => minijinja::Value::from_safe_string(rendered.html.clone()),
+                })
+            })
+            .context("render the email layout")?;
+        let mut related = MultiPart::related().singlepart(SinglePart::html(html.clone()));
+        for image in INLINE_IMAGES
+            .iter()
+            .filter(|image| html.contains(&format!("cid:{}", image.content_id)))
+        {
+            let content_type = ContentType::parse(image.content_type)
+                .with_context(|| format!("{} is not a content type", image.content_type))?;
+            related = related.singlepart(
+                Attachment::new_inline(image.content_id.to_string())
+                    .body(image.bytes.to_vec(), content_type),
+            );
+        }
+        Ok(related)
     }
 }
 

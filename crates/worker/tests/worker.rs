@@ -343,6 +343,22 @@ impl SmtpServer {
     }
 }
 
+/// The raw message aiosmtpd printed (between its markers, without the lines it adds).
+fn printed_message(printed: &str) -> String {
+    let start = printed
+        .find("---------- MESSAGE FOLLOWS ----------")
+        .expect("a message was printed");
+    let end = printed
+        .find("------------ END MESSAGE ------------")
+        .expect("the whole message");
+    printed[start..end]
+        .lines()
+        .skip(1)
+        .filter(|line| !line.starts_with("mail options:") && !line.starts_with("X-Peer:"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
 fn which(program: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -395,5 +411,65 @@ async fn email_reaches_a_real_smtp_server_and_the_outbox() {
     })
     .await;
     assert_eq!(status, "sent");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn sent_email_shows_the_logo_from_an_inline_part_its_html_references_by_content_id() {
+    use mailparse::MailHeaderMap;
+    let f = fixture().await;
+    let mut smtp = SmtpServer::start().await;
+    let mut settings = f.settings();
+    settings.smtp_url = Some(format!("smtp://127.0.0.1:{}", smtp.port).into());
+    let worker = start_worker(&f.pool, settings);
+    let connection = connect(&f.vhost).await;
+    let publisher = Publisher::open(&connection).await.unwrap();
+
+    f.queue_email(
+        &publisher,
+        "study_state_changed",
+        serde_json::json!({
+            "study_name": "Peekaboo", "study_id": f.study_id, "previous_state": "submitted",
+            "state": "approved", "changed_by": "", "comments": "",
+        }),
+    )
+    .await;
+    let printed = smtp.received("END MESSAGE").await;
+    let raw = printed_message(&printed);
+    let mail = mailparse::parse_mail(raw.as_bytes()).unwrap_or_else(|e| panic!("{e}: {raw}"));
+
+    assert_eq!(mail.ctype.mimetype, "multipart/alternative", "{raw}");
+    assert_eq!(mail.subparts[0].ctype.mimetype, "text/plain");
+    let related = &mail.subparts[1];
+    assert_eq!(related.ctype.mimetype, "multipart/related", "{raw}");
+    let html = related.subparts[0].get_body().unwrap();
+    assert_eq!(related.subparts[0].ctype.mimetype, "text/html");
+    assert!(html.contains("Peekaboo"), "{html}");
+    let cid = html
+        .split("src=\"cid:")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("the HTML shows no cid: image: {html}"));
+
+    let image = related
+        .subparts
+        .iter()
+        .find(|part| {
+            part.headers.get_first_value("Content-ID").as_deref() == Some(&format!("<{cid}>"))
+        })
+        .unwrap_or_else(|| panic!("no part has the Content-ID <{cid}>: {raw}"));
+    assert_eq!(image.ctype.mimetype, "image/png");
+    assert!(
+        image
+            .headers
+            .get_first_value("Content-Disposition")
+            .is_some_and(|d| d.starts_with("inline")),
+        "{raw}"
+    );
+    let png = image.get_body_raw().unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG"),
+        "the inline part is the PNG logo"
+    );
     worker.stop().await;
 }
