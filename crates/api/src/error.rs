@@ -6,7 +6,8 @@
 use axum::extract::rejection::{FormRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -105,6 +106,26 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// The body of every error response, whatever its status (the OpenAPI document gives it as each
+/// operation's `default` response).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDocument {
+    pub errors: Vec<ErrorObject>,
+}
+
+/// One JSON:API error object.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorObject {
+    /// The HTTP status, as a string (`"404"`).
+    pub status: String,
+    /// The status's reason in snake case (`not_found`).
+    pub code: String,
+    /// The status's reason (`Not Found`).
+    pub title: String,
+    /// What is wrong, for a person to read.
+    pub detail: String,
+}
+
 macro_rules! from_rejection {
     ($($rejection:ty),*) => {$(
         impl From<$rejection> for ApiError {
@@ -135,14 +156,18 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let body = json!({
-            "errors": [{
-                "status": status.as_u16().to_string(),
-                "code": status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_"),
-                "title": status.canonical_reason().unwrap_or("Error"),
-                "detail": detail,
-            }]
-        });
+        let body = ErrorDocument {
+            errors: vec![ErrorObject {
+                status: status.as_u16().to_string(),
+                code: status
+                    .canonical_reason()
+                    .unwrap_or("error")
+                    .to_lowercase()
+                    .replace(' ', "_"),
+                title: status.canonical_reason().unwrap_or("Error").to_string(),
+                detail,
+            }],
+        };
         let mut response = (status, axum::Json(body)).into_response();
         if let ApiError::TooManyRequests {
             retry_after_secs, ..

@@ -33,7 +33,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use secrecy::ExposeSecret;
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::{PartialSchema, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use auth::{check_password_rules, FAILURE_WINDOW_MINUTES, MAX_FAILURES};
@@ -119,7 +119,51 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .into_iter()
         .map(|(path, item)| (path.replace("{*", "{"), item))
         .collect();
+    document_errors(&mut doc);
     doc
+}
+
+/// Every failure is an [`error::ErrorDocument`], whatever its status: it is each operation's
+/// `default` response, so clients (and schemathesis) know the shape of every error.
+fn document_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let components = doc
+        .components
+        .get_or_insert_with(utoipa::openapi::Components::new);
+    for (name, schema) in [
+        ("ErrorDocument", error::ErrorDocument::schema()),
+        ("ErrorObject", error::ErrorObject::schema()),
+    ] {
+        components.schemas.insert(name.to_string(), schema);
+    }
+    let error = ResponseBuilder::new()
+        .description("an error: JSON:API error objects saying what is wrong")
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorDocument")))
+                .build(),
+        )
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            operation
+                .responses
+                .responses
+                .entry("default".to_string())
+                .or_insert_with(|| error.clone().into());
+        }
+    }
 }
 
 /// The whole application as an axum router.
