@@ -90,7 +90,8 @@ def pss_kib(pid):
 def group(pid, root):
     """Which part of the instance a process is: the app itself, WebKit, or a managed service."""
     name = comm(pid)
-    if pid == root:
+    # The root may be a wrapper (dbus-run-session for the desktop app's session bus).
+    if pid == root or name.startswith(("lookit-local", "dbus-")):
         return "app"
     if name.startswith("WebKit"):
         return "webkit"
