@@ -96,7 +96,8 @@ impl From<sqlx::Error> for ApiError {
                 Some("23514") => {
                     return ApiError::BadRequest(format!("value not allowed: {}", db.message()))
                 }
-                Some("22P02" | "22007" | "22008" | "22003" | "22001") => {
+                // 22021/22P05: a NUL character, which Postgres text and jsonb cannot hold.
+                Some("22P02" | "22007" | "22008" | "22003" | "22001" | "22021" | "22P05") => {
                     return ApiError::BadRequest(format!("invalid value: {}", db.message()))
                 }
                 _ => {}

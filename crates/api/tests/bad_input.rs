@@ -22,3 +22,18 @@ async fn a_page_far_past_the_end_is_a_404_not_an_overflow() {
         assert!(detail.contains("invalid page"), "{list}: {detail}");
     }
 }
+
+#[tokio::test]
+async fn a_nul_character_in_text_is_a_400_not_a_500() {
+    let app = spawn_app().await;
+    let (_, session, lab) = app.researcher().await;
+    let response = app
+        .post(
+            &session,
+            "/api/researcher/studies/",
+            serde_json::json!({"lab_id": lab, "name": "Peek\u{0}aboo"}),
+        )
+        .await;
+    let (status, detail) = error_detail(response).await;
+    assert_eq!(status, 400, "{detail}");
+}
