@@ -89,7 +89,8 @@ async fn main() -> anyhow::Result<()> {
         session_key: SecretString::from("session-key-for-fuzzing"),
         pipe_webhook_key: SecretString::from("pipe-key-for-fuzzing"),
         lambda_secret: SecretString::from("lambda-secret-for-fuzzing"),
-        video_store: lookit_api::local_video_store(files.path().join("videos"))?,
+        videos: lookit_storage::Storage::folder(files.path().join("videos"))?,
+        builds: lookit_storage::Storage::folder(files.path().join("builds"))?,
         amqp_url: None,
         cookie_secure: true,
     };

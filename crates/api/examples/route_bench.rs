@@ -237,7 +237,8 @@ async fn main() -> anyhow::Result<()> {
         session_key: SecretString::from("session-key-for-the-benchmark"),
         pipe_webhook_key: SecretString::from("unused"),
         lambda_secret: SecretString::from("unused"),
-        video_store: lookit_api::local_video_store(videos.path())?,
+        videos: lookit_storage::Storage::folder(videos.path().join("videos"))?,
+        builds: lookit_storage::Storage::folder(videos.path().join("builds"))?,
         amqp_url: None,
         cookie_secure: false,
     };

@@ -39,7 +39,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 pub use auth::{check_password_rules, FAILURE_WINDOW_MINUTES, MAX_FAILURES};
 pub use error::ApiError;
 pub use researcher::{queue_study_build, Build};
-pub use state::{local_video_store, ApiSettings, ApiState, PublicUrl};
+pub use state::{ApiSettings, ApiState, PublicUrl};
 pub use tls::TlsConfig;
 pub use video::VideoName;
 

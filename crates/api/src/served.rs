@@ -1,13 +1,12 @@
 //! Built studies (§2 "Serving"): participants load `/studies/<study>/<child>/` (the latest
 //! successful build's `index.html`), assets come from `/studies/<study>/<path>` (the build
 //! prepends that fingerprint), and researchers preview at
-//! `/exp/studies/<study>/<child>/preview/`. Files come from the build's `output_location`, a
-//! local folder.
+//! `/exp/studies/<study>/<child>/preview/`. Files come from the builds storage (a local folder,
+//! S3 or Google Cloud Storage) at `experiments/<study>/`, where the worker uploads them, once the
+//! study has a successful build.
 //!
 //! `index.html` is never cached (a new build must show at once); fingerprinted assets are
-//! immutable; other files are cached briefly.
-
-use std::path::{Component, Path as FsPath, PathBuf};
+//! immutable; other files are cached briefly (`lookit_storage::cache_control`).
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -20,76 +19,45 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::Path;
 use crate::state::ApiState;
 
-/// The output folder of the study's newest successful build.
-async fn output_folder(state: &ApiState, study: Uuid) -> ApiResult<PathBuf> {
-    let location: Option<Option<String>> = sqlx::query_scalar(
-        "SELECT output_location FROM builds WHERE study_id = $1 AND status = 'succeeded' \
-         ORDER BY finished_at DESC NULLS LAST, created_at DESC LIMIT 1",
+/// Refuses a study without a successful build: its storage may hold nothing, or a failed
+/// upload's leftovers.
+async fn require_build(state: &ApiState, study: Uuid) -> ApiResult<()> {
+    let built: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM builds WHERE study_id = $1 AND status = 'succeeded')",
     )
     .bind(study)
-    .fetch_optional(state.pool())
+    .fetch_one(state.pool())
     .await?;
-    location
-        .flatten()
-        .map(PathBuf::from)
-        .ok_or_else(|| ApiError::NotFound("this study has no successful build yet".into()))
-}
-
-/// Joins a URL path below `root`, refusing anything that could leave it.
-fn inside(root: &FsPath, relative: &str) -> ApiResult<PathBuf> {
-    let relative = FsPath::new(relative);
-    if !relative
-        .components()
-        .all(|c| matches!(c, Component::Normal(_)))
-    {
-        return Err(ApiError::bad_request(
-            "the path must not contain `..` or be absolute",
-        ));
-    }
-    Ok(root.join(relative))
-}
-
-/// Ember's fingerprinted names: `name-<32 hex>.ext`.
-fn is_fingerprinted(path: &str) -> bool {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = file.split('.').next().unwrap_or(file);
-    stem.rsplit_once('-')
-        .is_some_and(|(_, hash)| hash.len() >= 20 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-async fn file_response(path: PathBuf, cache: &'static str) -> ApiResult<Response> {
-    let bytes = match tokio::fs::read(&path).await {
-        Ok(bytes) => bytes,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory
-            ) =>
-        {
-            return Err(ApiError::not_found("file"))
-        }
-        Err(e) => {
-            return Err(anyhow::Error::new(e)
-                .context(format!("read {}", path.display()))
-                .into())
-        }
-    };
-    let mime = mime_guess::from_path(&path).first_or_octet_stream();
-    let content_type = HeaderValue::from_str(mime.essence_str())
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    let content_type = if mime.type_() == mime_guess::mime::TEXT
-        || mime.essence_str() == "application/javascript"
-    {
-        HeaderValue::from_str(&format!("{}; charset=utf-8", mime.essence_str()))
-            .unwrap_or(content_type)
+    if built {
+        Ok(())
     } else {
-        content_type
-    };
+        Err(ApiError::NotFound(
+            "this study has no successful build yet".into(),
+        ))
+    }
+}
+
+/// The study's built file at `path` (relative to its build), with its type and cache policy.
+async fn file_response(state: &ApiState, study: Uuid, path: &str) -> ApiResult<Response> {
+    require_build(state, study).await?;
+    let key = lookit_storage::below(&lookit_storage::study_prefix(study), path)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let builds = &state.settings().builds;
+    let bytes = builds
+        .read(&key)
+        .await
+        .map_err(|e| anyhow::Error::new(e).context("read a built study file"))?
+        .ok_or_else(|| ApiError::not_found("file"))?;
+    let content_type = HeaderValue::from_str(&lookit_storage::content_type(path))
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     Ok((
         StatusCode::OK,
         [
             (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static(lookit_storage::cache_control(path)),
+            ),
             (
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
@@ -101,8 +69,7 @@ async fn file_response(path: PathBuf, cache: &'static str) -> ApiResult<Response
 }
 
 async fn index(state: &ApiState, study: Uuid) -> ApiResult<Response> {
-    let folder = output_folder(state, study).await?;
-    file_response(folder.join("index.html"), "no-cache").await
+    file_response(state, study, "index.html").await
 }
 
 async fn child_exists(state: &ApiState, child: Uuid) -> ApiResult<bool> {
@@ -136,15 +103,7 @@ async fn study_file(
         }
         return index(&state, study).await;
     }
-    let folder = output_folder(&state, study).await?;
-    let cache = if path.ends_with("index.html") {
-        "no-cache"
-    } else if is_fingerprinted(&path) {
-        "public, max-age=31536000, immutable"
-    } else {
-        "public, max-age=300"
-    };
-    file_response(inside(&folder, &path)?, cache).await
+    file_response(&state, study, &path).await
 }
 
 #[utoipa::path(get, path = "/exp/studies/{study}/{child}/preview/", tag = "studies",
@@ -170,29 +129,4 @@ pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(study_file))
         .routes(routes!(preview))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_cannot_leave_the_build() {
-        let root = FsPath::new("/srv/build");
-        assert!(inside(root, "../etc/passwd").is_err());
-        assert!(inside(root, "/etc/passwd").is_err());
-        assert_eq!(
-            inside(root, "assets/app.js").unwrap(),
-            root.join("assets/app.js")
-        );
-    }
-
-    #[test]
-    fn fingerprints_are_recognised() {
-        assert!(is_fingerprinted(
-            "assets/vendor-0123456789abcdef0123456789abcdef.js"
-        ));
-        assert!(!is_fingerprinted("assets/vendor.js"));
-        assert!(!is_fingerprinted("robots.txt"));
-    }
 }

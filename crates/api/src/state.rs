@@ -1,10 +1,9 @@
 //! What every request handler shares: the database pool, the settings, the public URL (which the
-//! tunnel may change at runtime) and the video storage.
+//! tunnel may change at runtime) and the video and build storage.
 
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use object_store::ObjectStore;
+use lookit_storage::Storage;
 use secrecy::SecretString;
 use sqlx::PgPool;
 use url::Url;
@@ -23,24 +22,16 @@ pub struct ApiSettings {
     pub pipe_webhook_key: SecretString,
     /// Shared secret of the AWS Lambda (HMAC-SHA256 of `X-AWS-Lambda-HMAC-Sig`).
     pub lambda_secret: SecretString,
-    /// Where Pipe's (or the Lambda's) video objects live: a local folder by default
-    /// ([`local_video_store`]), or any `object_store` (S3) when configured.
-    pub video_store: Arc<dyn ObjectStore>,
+    /// Where Pipe's video objects live (`storage.videos`): a local folder by default, S3 or
+    /// Google Cloud Storage when configured. The Pipe webhook renames objects here.
+    pub videos: Storage,
+    /// Where the worker uploads built studies (`storage.builds`); served from
+    /// `experiments/<study_uuid>/` there.
+    pub builds: Storage,
     /// The broker, for the health route. `None`: health reports the broker as not configured.
     pub amqp_url: Option<SecretString>,
     /// `Secure` attribute on the session cookie. Only plain-HTTP tests turn it off.
     pub cookie_secure: bool,
-}
-
-/// A local folder as video storage, created when missing.
-pub fn local_video_store(folder: impl Into<PathBuf>) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    use anyhow::Context;
-    let folder = folder.into();
-    std::fs::create_dir_all(&folder)
-        .with_context(|| format!("create the video folder {}", folder.display()))?;
-    let store = object_store::local::LocalFileSystem::new_with_prefix(&folder)
-        .with_context(|| format!("open the video folder {}", folder.display()))?;
-    Ok(Arc::new(store))
 }
 
 /// The public URL, shared between the server and whoever learns it later (the tunnel).

@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use object_store::path::Path as StorePath;
+use lookit_storage::object_store::path::Path as StorePath;
+use lookit_storage::object_store::ObjectStoreExt;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -281,7 +282,7 @@ async fn pipe_rename(
 
 /// `<old>.mp4` → `<new>.mp4`, and Pipe's `<old>.jpg` snapshot deleted (it may be absent).
 async fn rename_stored_video(state: &ApiState, old: &str, new: &str) -> ApiResult<()> {
-    let store = &state.settings().video_store;
+    let store = state.settings().videos.store();
     let part = |name: &str, ext: &str| StorePath::from_url_path(format!("{name}.{ext}"));
     let from = part(old, "mp4")
         .map_err(|_| ApiError::bad_request("videoName is not a valid object name"))?;
@@ -289,7 +290,7 @@ async fn rename_stored_video(state: &ApiState, old: &str, new: &str) -> ApiResul
         .map_err(|_| ApiError::bad_request("payload is not a valid object name"))?;
     match store.rename(&from, &to).await {
         Ok(()) => {}
-        Err(object_store::Error::NotFound { .. }) => {
+        Err(lookit_storage::object_store::Error::NotFound { .. }) => {
             return Err(ApiError::bad_request(format!(
                 "the video {old}.mp4 is not in the video storage"
             )))
@@ -298,7 +299,7 @@ async fn rename_stored_video(state: &ApiState, old: &str, new: &str) -> ApiResul
     }
     if let Ok(snapshot) = part(old, "jpg") {
         match store.delete(&snapshot).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Ok(()) | Err(lookit_storage::object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(anyhow::Error::new(e).context("delete the snapshot").into()),
         }
     }

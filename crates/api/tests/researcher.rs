@@ -267,10 +267,18 @@ async fn built_study(app: &TestApp, lab: Uuid, state: &str) -> (Uuid, tempfile::
     .unwrap();
     std::fs::write(assets.join("app.css"), "body{}").unwrap();
     std::fs::write(assets.join("logo.png"), [0x89, b'P', b'N', b'G']).unwrap();
+    // The worker's part: the output uploaded to the builds storage, the build marked done.
+    let uploaded = app
+        .state
+        .settings()
+        .builds
+        .upload_folder(output.path(), &lookit_storage::study_prefix(study))
+        .await
+        .expect("upload the build output");
     sqlx::query("INSERT INTO builds (id, study_id, player_repo, player_ref, status, output_location, finished_at) VALUES ($1, $2, 'r', 'master', 'succeeded', $3, now())")
         .bind(Uuid::new_v4())
         .bind(study)
-        .bind(output.path().to_str().unwrap())
+        .bind(&uploaded.location)
         .execute(&app.pool)
         .await
         .unwrap();
@@ -279,7 +287,35 @@ async fn built_study(app: &TestApp, lab: Uuid, state: &str) -> (Uuid, tempfile::
 
 #[tokio::test]
 async fn built_studies_are_served_with_the_right_types_and_cache_headers() {
-    let app = spawn_app().await;
+    built_study_files_are_served(spawn_app().await).await;
+}
+
+#[tokio::test]
+async fn built_studies_in_s3_are_served_with_the_right_types_and_cache_headers() {
+    let s3 = lookit_testkit::s3_server().await;
+    let bucket = s3.fresh_bucket().await;
+    let app = spawn_app_with(AppOptions {
+        builds: Some(s3.location(&bucket, "lab/builds")),
+        ..AppOptions::default()
+    })
+    .await;
+    built_study_files_are_served(app).await;
+    // They came from the bucket, where the worker uploads them.
+    let listing = reqwest::get(format!(
+        "{}/{bucket}?prefix=lab/builds/experiments/",
+        s3.endpoint()
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(listing.contains("/assets/logo.png</Key>"), "{listing}");
+}
+
+/// What a participant's browser gets from a built study: the page, its assets with their types
+/// and cache policy, 404s for what is not there.
+async fn built_study_files_are_served(app: TestApp) {
     let lab = app.lab(true).await;
     let parent = app.user(false, false).await;
     let child = app.child(parent.id).await;
@@ -360,7 +396,9 @@ async fn researchers_preview_unpublished_studies_and_rule_on_consent() {
         .get(&session, &format!("/exp/studies/{study}/{child}/preview/"))
         .await;
     assert_eq!(preview.status(), 200);
-    assert_eq!(preview.text().await.unwrap(), "<html>study</html>");
+    // The built page, with the preview's reload script after it.
+    let page = preview.text().await.unwrap();
+    assert!(page.starts_with("<html>study</html>"), "{page}");
     let (_, stranger, _) = app.researcher().await;
     let (status, _) = error_detail(
         app.get(&stranger, &format!("/exp/studies/{study}/{child}/preview/"))

@@ -5,6 +5,7 @@ mod common;
 use base64::Engine;
 use common::*;
 use hmac::{Hmac, Mac};
+use lookit_storage::object_store::ObjectStoreExt;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -30,7 +31,11 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let app = spawn_app().await;
+    fixture_with(AppOptions::default()).await
+}
+
+async fn fixture_with(options: AppOptions) -> Fixture {
+    let app = spawn_app_with(options).await;
     let parent = app.user(false, false).await;
     let lab = app.lab(true).await;
     let study = app.study(lab, "active").await;
@@ -127,6 +132,54 @@ async fn a_signed_webhook_renames_the_video_and_records_it() {
             "2-my_video_frame".to_string()
         )]
     );
+}
+
+#[tokio::test]
+async fn a_signed_webhook_renames_the_video_object_in_s3() {
+    let s3 = lookit_testkit::s3_server().await;
+    let bucket = s3.fresh_bucket().await;
+    let f = fixture_with(AppOptions {
+        videos: Some(s3.location(&bucket, "pipe")),
+        ..AppOptions::default()
+    })
+    .await;
+    // What Pipe leaves in the bucket: the video and its snapshot under Pipe's name.
+    let videos = &f.app.state.settings().videos;
+    for (key, body) in [("pipe-s3.mp4", "video"), ("pipe-s3.jpg", "snapshot")] {
+        videos
+            .store()
+            .put(&key.into(), body.as_bytes().to_vec().into())
+            .await
+            .unwrap();
+    }
+    let name = f.name("1-video-consent");
+    let payload = pipe_payload("pipe-s3", &name, "upload success");
+    let signature = pipe_signature(&format!("{PUBLIC_URL}/exp/renamevideo/"), &payload);
+    let response = f.call(&payload, Some(signature), None).await;
+    assert_eq!(response.status(), 200);
+
+    let listing = reqwest::get(format!("{}/{bucket}?prefix=pipe/", s3.endpoint()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        listing.contains(&format!("<Key>pipe/{name}.mp4</Key>")),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains("pipe-s3"),
+        "Pipe's names are gone: {listing}"
+    );
+    let renamed = videos
+        .read(&format!("{name}.mp4").as_str().into())
+        .await
+        .unwrap();
+    assert_eq!(renamed.as_deref(), Some(&b"video"[..]));
+    let recorded = f.videos().await;
+    assert_eq!(recorded.len(), 1);
+    assert!(recorded[0].2, "the consent frame marks consent footage");
 }
 
 #[tokio::test]

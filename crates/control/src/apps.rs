@@ -82,13 +82,22 @@ impl Apps {
         let address = listener.local_addr()?;
         let api_url = format!("https://localhost:{}", address.port());
         let amqp_url = connections.rabbitmq.amqp_url();
+        let stores = lookit_storage::StoreLocations::from_config(
+            &core.config.storage,
+            &core.secrets,
+            &core.home,
+        );
         let settings = ApiSettings {
             public_url: core.config.api.public_url.clone(),
             environment: "local".into(),
             session_key: core.secrets.session_key.clone(),
             pipe_webhook_key: core.secrets.pipe_webhook_key.clone(),
             lambda_secret: core.secrets.lambda_secret.clone(),
-            video_store: lookit_api::local_video_store(core.home.data_dir().join("videos"))?,
+            videos: stores.videos.open().context("open the video storage")?,
+            builds: stores
+                .builds
+                .open()
+                .context("open the storage for built studies")?,
             amqp_url: Some(amqp_url.clone()),
             cookie_secure: true,
         };
@@ -141,6 +150,8 @@ impl Apps {
             core.home.builds_dir(),
         );
         worker_settings.build_time_limit = Duration::from_secs(core.config.builds.time_limit_secs);
+        worker_settings.builds_store = stores.builds;
+        worker_settings.videos_store = Some(stores.videos);
         worker_settings.max_attempts = core.config.builds.max_attempts;
         worker_settings.from_address = core.config.email.from_address.clone();
         worker_settings.smtp_url = core

@@ -23,7 +23,7 @@ use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt};
 use uuid::Uuid;
 
-pub use location::{GcsLocation, S3Location, StoreLocation, Stores};
+pub use location::{GcsLocation, S3Location, StoreLocation, StoreLocations};
 pub use object_store;
 pub use upload::{cache_control, content_type, output_files, Uploaded};
 

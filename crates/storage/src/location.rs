@@ -49,26 +49,22 @@ pub struct GcsLocation {
 
 /// The two configured places: Pipe's videos and the built studies.
 #[derive(Debug, Clone)]
-pub struct Stores {
-    pub videos: Storage,
-    pub builds: Storage,
+pub struct StoreLocations {
+    pub videos: StoreLocation,
+    pub builds: StoreLocation,
 }
 
-impl Stores {
-    /// Opens `[storage]` of the config with the credentials of secrets.toml; `local` means
+impl StoreLocations {
+    /// `[storage]` of the config with the credentials of secrets.toml; `local` means
     /// `<data>/videos` and `<builds>/published` of `home`.
-    pub fn open(
-        config: &StorageConfig,
-        secrets: &Secrets,
-        home: &Home,
-    ) -> Result<Stores, StorageError> {
+    pub fn from_config(config: &StorageConfig, secrets: &Secrets, home: &Home) -> StoreLocations {
         let place = |url: &StorageUrl, local: PathBuf| {
-            StoreLocation::from_config(url, config, secrets, local).open()
+            StoreLocation::from_config(url, config, secrets, local)
         };
-        Ok(Stores {
-            videos: place(&config.videos, home.data_dir().join("videos"))?,
-            builds: place(&config.builds, home.builds_dir().join("published"))?,
-        })
+        StoreLocations {
+            videos: place(&config.videos, home.data_dir().join("videos")),
+            builds: place(&config.builds, home.builds_dir().join("published")),
+        }
     }
 }
 
@@ -110,7 +106,7 @@ impl StoreLocation {
 
     /// Opens the place. Nothing is sent over the network yet: a wrong bucket or credential
     /// shows at the first operation.
-    pub fn open(self) -> Result<Storage, StorageError> {
+    pub fn open(&self) -> Result<Storage, StorageError> {
         let root = self.describe();
         let open_error = |source| StorageError::Open {
             place: root.clone(),
@@ -118,12 +114,12 @@ impl StoreLocation {
         };
         let (store, kind): (Arc<dyn ObjectStore>, Kind) = match self {
             StoreLocation::Folder(path) => {
-                std::fs::create_dir_all(&path).map_err(|source| StorageError::Folder {
+                std::fs::create_dir_all(path).map_err(|source| StorageError::Folder {
                     path: path.clone(),
                     source,
                 })?;
-                let store = LocalFileSystem::new_with_prefix(&path).map_err(open_error)?;
-                (Arc::new(store), Kind::Folder(path))
+                let store = LocalFileSystem::new_with_prefix(path).map_err(open_error)?;
+                (Arc::new(store), Kind::Folder(path.clone()))
             }
             StoreLocation::S3(s3) => {
                 let mut builder = match (&s3.access_key_id, &s3.secret_access_key) {
@@ -140,7 +136,7 @@ impl StoreLocation {
                         .with_allow_http(endpoint.scheme() == "http");
                 }
                 let s3_store = Arc::new(builder.build().map_err(open_error)?);
-                let bucket = S3Bucket::new(s3_store.clone(), &s3).map_err(open_error)?;
+                let bucket = S3Bucket::new(s3_store.clone(), s3).map_err(open_error)?;
                 (scoped(s3_store, &s3.prefix), Kind::S3(bucket))
             }
             StoreLocation::Gcs(gcs) => {

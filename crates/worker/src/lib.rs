@@ -127,12 +127,11 @@ pub async fn run(
     let mailer = Arc::new(email::Mailer::new(&settings)?);
     let builds_store = settings
         .builds_store
-        .clone()
         .open()
         .context("open the storage for built studies")?;
     let mut upload_stores = vec![builds_store.clone()];
     if let Some(videos) = &settings.videos_store {
-        upload_stores.push(videos.clone().open().context("open the video storage")?);
+        upload_stores.push(videos.open().context("open the video storage")?);
     }
     let builder_image = Arc::new(BuilderImage::new(
         docker.clone(),

@@ -27,7 +27,9 @@ pub struct TestApp {
     pub pool: PgPool,
     pub state: ApiState,
     pub client: reqwest::Client,
+    /// The local video folder (unused when `AppOptions::videos` puts videos elsewhere).
     pub videos: tempfile::TempDir,
+    _builds: tempfile::TempDir,
     _db: TestDatabase,
     _shutdown: oneshot::Sender<()>,
 }
@@ -40,6 +42,10 @@ pub struct AppOptions {
     /// How long a request waits for a database connection (as the instance bounds it); sqlx's
     /// default when `None`.
     pub acquire_timeout: Option<std::time::Duration>,
+    /// Video storage instead of a local folder (e.g. the test S3 server).
+    pub videos: Option<lookit_storage::StoreLocation>,
+    /// Built-study storage instead of a local folder.
+    pub builds: Option<lookit_storage::StoreLocation>,
 }
 
 pub async fn migrated_database() -> (TestDatabase, PgPool) {
@@ -68,13 +74,21 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
             .expect("connect to the test database");
     }
     let videos = tempfile::tempdir().expect("temp dir");
+    let builds = tempfile::tempdir().expect("temp dir");
+    let open = |place: Option<lookit_storage::StoreLocation>, folder: &std::path::Path| {
+        place
+            .unwrap_or_else(|| lookit_storage::StoreLocation::Folder(folder.to_path_buf()))
+            .open()
+            .expect("open the test storage")
+    };
     let settings = ApiSettings {
         public_url: Some(Url::parse(PUBLIC_URL).unwrap()),
         environment: "test".into(),
         session_key: SecretString::from("session-key-for-tests"),
         pipe_webhook_key: SecretString::from(PIPE_KEY),
         lambda_secret: SecretString::from(LAMBDA_SECRET),
-        video_store: lookit_api::local_video_store(videos.path()).unwrap(),
+        videos: open(options.videos, videos.path()),
+        builds: open(options.builds, builds.path()),
         amqp_url: options.amqp_url.map(SecretString::from),
         cookie_secure: options.cookie_secure,
     };
@@ -102,6 +116,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         state,
         client: reqwest::Client::new(),
         videos,
+        _builds: builds,
         _db: db,
         _shutdown: tx,
     }
