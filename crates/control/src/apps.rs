@@ -26,7 +26,7 @@ use lookit_tunnel::{
     ApiTarget, GuardianSettings, HopResult, InspectorSettings, ProviderSettings, Tunnel,
     TunnelSettings,
 };
-use lookit_worker::{WorkerEvent, WorkerSettings};
+use lookit_worker::{BuilderImageProgress, WorkerEvent, WorkerSettings};
 
 use crate::control_plane::InstanceCore;
 
@@ -150,6 +150,7 @@ impl Apps {
             core.home.builds_dir(),
         );
         worker_settings.build_time_limit = Duration::from_secs(core.config.builds.time_limit_secs);
+        worker_settings.builder_base_image = core.config.builds.builder_base_image.to_string();
         worker_settings.builds_store = stores.builds;
         worker_settings.videos_store = Some(stores.videos);
         worker_settings.max_attempts = core.config.builds.max_attempts;
@@ -525,6 +526,38 @@ async fn forward_worker_events(
                     },
                 });
             }
+            WorkerEvent::BuilderImage { image, progress } => {
+                // The steps' output lines go to the build log; the bar shows the step.
+                if !matches!(progress, BuilderImageProgress::Output { .. }) {
+                    let built = matches!(progress, BuilderImageProgress::Built { .. });
+                    let _ = panel.send(PanelEvent::Progress {
+                        id: format!("builder-image-{image}"),
+                        label: format!("Builder image {image}: {progress}"),
+                        fraction: progress.fraction(),
+                        done: built,
+                    });
+                    if built {
+                        let _ = panel.send(PanelEvent::Notification {
+                            level: NotificationLevel::Success,
+                            title: "The builder image is ready".into(),
+                            body: progress.to_string(),
+                        });
+                    }
+                }
+            }
+            WorkerEvent::BuilderImageFailed { image, error } => {
+                let _ = panel.send(PanelEvent::Progress {
+                    id: format!("builder-image-{image}"),
+                    label: format!("Builder image {image}: failed"),
+                    fraction: None,
+                    done: true,
+                });
+                let _ = panel.send(PanelEvent::Notification {
+                    level: NotificationLevel::Warning,
+                    title: format!("The builder image {image} is not ready: builds will fail"),
+                    body: error,
+                });
+            }
             other => tracing::debug!(?other, "worker event"),
         }
     }
@@ -602,5 +635,64 @@ async fn follow_tunnel(
             last_url = url;
         }
         last_state = current.state;
+    }
+}
+
+#[cfg(test)]
+mod builder_image_events_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_panel_shows_the_builder_image_build_as_a_progress_bar_and_its_failure() {
+        let (worker, receiver) = broadcast::channel(16);
+        let (panel, mut shown) = broadcast::channel(16);
+        let state = std::sync::Arc::new(Mutex::new((ServiceState::Starting, None)));
+        let forwarding = tokio::spawn(forward_worker_events(receiver, panel, state));
+        let image = "lookit/ember-builder:latest".to_string();
+        for progress in [
+            BuilderImageProgress::Step {
+                number: 3,
+                total: 4,
+                instruction: "RUN npm install --global bower@1.8.14".into(),
+            },
+            BuilderImageProgress::Output {
+                line: "added 1 package".into(),
+            },
+        ] {
+            worker
+                .send(WorkerEvent::BuilderImage {
+                    image: image.clone(),
+                    progress,
+                })
+                .unwrap();
+        }
+        worker
+            .send(WorkerEvent::BuilderImageFailed {
+                image: image.clone(),
+                error: "no container registry is reachable; set `builds.builder_base_image`".into(),
+            })
+            .unwrap();
+        drop(worker);
+        forwarding.await.unwrap();
+
+        let mut events = Vec::new();
+        while let Ok(event) = shown.try_recv() {
+            events.push(event);
+        }
+        assert!(
+            matches!(&events[0], PanelEvent::Progress { label, fraction: Some(f), done: false, .. }
+                if label.contains("step 3/4") && (*f - 0.5).abs() < 1e-9),
+            "{events:?}"
+        );
+        assert!(
+            matches!(&events[1], PanelEvent::Progress { done: true, .. }),
+            "the output line is not a bar of its own: {events:?}"
+        );
+        assert!(
+            matches!(&events[2], PanelEvent::Notification { level: NotificationLevel::Warning, body, .. }
+                if body.contains("builds.builder_base_image")),
+            "{events:?}"
+        );
+        assert_eq!(events.len(), 3, "{events:?}");
     }
 }
