@@ -4,17 +4,10 @@
 
 use std::path::Path;
 
-/// Folders whose contents never start a rebuild and are not watched at all (a `node_modules`
-/// alone can hold more folders than the kernel's default inotify limit).
-const IGNORED_FOLDERS: &[&str] = &[
-    "node_modules",
-    "bower_components",
-    "dist",
-    "tmp",
-    ".git",
-    ".hg",
-    ".svn",
-];
+// Folders whose contents never start a rebuild and are not watched at all (a `node_modules`
+// alone can hold more folders than the kernel's default inotify limit): the same folders the
+// worker leaves out of a player's source.
+use lookit_worker::GENERATED_FOLDERS as IGNORED_FOLDERS;
 
 /// Whether a file name is an editor's temporary or backup file: vim (`.x.swp`, `x~`, its
 /// `4913` write test), emacs (`.#x`, `#x#`), GNOME's `.goutputstream-*`, Kate, JetBrains and

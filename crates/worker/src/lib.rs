@@ -39,7 +39,9 @@ pub use builder_image::{BuilderImage, BuilderImageError, BuilderImageProgress, I
 pub use email::EmailOutcome;
 pub use follow::{follow_build, BuildOutcome};
 pub use settings::{BuildEnvironment, QueueLimits, WorkerSettings};
-pub use source::{PlayerSource, DEFAULT_PLAYER_BRANCH, DEFAULT_PLAYER_REPOSITORY};
+pub use source::{
+    PlayerSource, DEFAULT_PLAYER_BRANCH, DEFAULT_PLAYER_REPOSITORY, GENERATED_FOLDERS,
+};
 
 /// What the worker reports to the dashboard and the log.
 #[derive(Debug, Clone, Serialize)]

@@ -1,9 +1,12 @@
 //! The frameplayer source of a build: which commit, and a checkout of it in the checkout cache
 //! (`checkouts/<sha>/`, Lookit's stage 4).
 //!
-//! Accepted sources: a git repository URL (`https://...`, `git@...`, `file://...`), a local git
-//! repository folder, or a plain local folder (frameplayer development; its "commit" is a hash of
-//! its contents, so an edit gives a new checkout and a new output cache key).
+//! Accepted sources: a git repository URL (`https://...`, `git@...`, `file://...`), or a local
+//! folder (frameplayer development). A folder is built as it is on disk, uncommitted edits
+//! included, even when it is a git checkout: that is what the live development loop watches.
+//! Its "commit" is a hash of its contents, so an edit gives a new checkout and a new output
+//! cache key. A folder pinned to a commit (`<folder>@<sha>`) is read as a repository at that
+//! commit instead, and so is a `file://` URL.
 
 use std::path::{Path, PathBuf};
 
@@ -19,9 +22,21 @@ pub enum PlayerSource {
         repository: String,
         reference: String,
     },
-    /// A folder that is not a git repository: its current contents are built.
+    /// A folder whose current contents are built (without [`GENERATED_FOLDERS`]).
     Folder(PathBuf),
 }
+
+/// Folders in a player's tree that are not its source: dependencies the build installs itself,
+/// build outputs and version control. Never hashed, copied or watched.
+pub const GENERATED_FOLDERS: &[&str] = &[
+    "node_modules",
+    "bower_components",
+    "dist",
+    "tmp",
+    ".git",
+    ".hg",
+    ".svn",
+];
 
 /// The default repository and branch of Lookit (§2 stage 2).
 pub const DEFAULT_PLAYER_REPOSITORY: &str = "https://github.com/lookit/ember-lookit-frameplayer";
@@ -29,7 +44,8 @@ pub const DEFAULT_PLAYER_BRANCH: &str = "master";
 
 impl PlayerSource {
     /// Reads the `builds.player_repo` / `builds.player_ref` pair. A local path (or `file://`)
-    /// must exist; one that is a git repository is used as such.
+    /// must exist. A `file://` URL, or a path pinned to a commit, that is a git repository is
+    /// read as one; any other local path is built as a folder.
     pub async fn parse(repository: &str, reference: &str) -> anyhow::Result<PlayerSource> {
         let repository = repository.trim();
         anyhow::ensure!(!repository.is_empty(), "the player repository is empty");
@@ -48,7 +64,8 @@ impl PlayerSource {
             "the player folder {} does not exist",
             path.display()
         );
-        if is_git_repository(&path).await {
+        let as_repository = repository.starts_with("file://") || is_commit_sha(reference.trim());
+        if as_repository && is_git_repository(&path).await {
             Ok(PlayerSource::Git {
                 repository: path.display().to_string(),
                 reference: reference_or_default(reference),
@@ -211,12 +228,18 @@ async fn extract_archive(repository: &Path, sha: &str, target: &Path) -> anyhow:
     Ok(())
 }
 
-/// Files under `root` in a stable order, without `.git` folders.
+/// Files under `root` in a stable order, without [`GENERATED_FOLDERS`].
 fn source_files(root: &Path) -> impl Iterator<Item = walkdir::Result<walkdir::DirEntry>> {
     walkdir::WalkDir::new(root)
         .sort_by_file_name()
         .into_iter()
-        .filter_entry(|entry| entry.file_name() != ".git")
+        .filter_entry(|entry| {
+            entry.depth() == 0
+                || !entry.file_type().is_dir()
+                || !GENERATED_FOLDERS
+                    .iter()
+                    .any(|name| entry.file_name() == *name)
+        })
 }
 
 /// A 40-hex digest of a folder's file names and contents.
@@ -285,6 +308,65 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(checkout.join("app/index.js")).unwrap(),
             "two"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_git_checkout_is_built_with_its_uncommitted_edits_unless_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkout = dir.path().join("frameplayer");
+        std::fs::create_dir_all(checkout.join("app")).unwrap();
+        std::fs::write(checkout.join("app/index.js"), "committed").unwrap();
+        let path = checkout.display().to_string();
+        for args in [
+            &["init", "--quiet"][..],
+            &["-c", "user.name=t", "-c", "user.email=t@t", "add", "."],
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "--quiet",
+                "-m",
+                "one",
+            ],
+        ] {
+            git(&[&["-C", &path][..], args].concat()).await.unwrap();
+        }
+        let head = git(&["-C", &path, "rev-parse", "HEAD"]).await.unwrap();
+        std::fs::write(checkout.join("app/index.js"), "edited").unwrap();
+        std::fs::create_dir_all(checkout.join("node_modules/dep")).unwrap();
+        std::fs::write(checkout.join("node_modules/dep/index.js"), "installed").unwrap();
+
+        let working_tree = PlayerSource::parse(&path, "master").await.unwrap();
+        assert_eq!(working_tree, PlayerSource::Folder(checkout.clone()));
+        let sha = working_tree.resolve_commit().await.unwrap();
+        let built = working_tree
+            .ensure_checkout(&dir.path().join("checkouts"), &sha)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(built.join("app/index.js")).unwrap(),
+            "edited"
+        );
+        assert!(
+            !built.join("node_modules").exists(),
+            "dependencies were copied"
+        );
+        // Installing dependencies is not an edit: same key.
+        std::fs::write(checkout.join("node_modules/dep/index.js"), "upgraded").unwrap();
+        assert_eq!(working_tree.resolve_commit().await.unwrap(), sha);
+
+        let pinned = PlayerSource::parse(&path, head.trim()).await.unwrap();
+        assert!(matches!(pinned, PlayerSource::Git { .. }), "{pinned:?}");
+        let built = pinned
+            .ensure_checkout(&dir.path().join("checkouts"), head.trim())
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(built.join("app/index.js")).unwrap(),
+            "committed"
         );
     }
 
