@@ -359,20 +359,8 @@ async fn worker(home: Home, config: Config) -> anyhow::Result<Outcome> {
     let secrets = Secrets::load_or_generate(&home.secrets_file())?;
     let addresses = ServiceAddresses::of(&home, &config, &secrets).await?;
     let pool = addresses.database().await?;
-    let mut settings = lookit_worker::WorkerSettings::new(
-        addresses.broker_url(),
-        config.builds.builder_image.to_string(),
-        home.builds_dir(),
-    );
-    settings.builder_base_image = config.builds.builder_base_image.to_string();
-    settings.build_time_limit = Duration::from_secs(config.builds.time_limit_secs);
-    settings.max_attempts = config.builds.max_attempts;
-    settings.from_address = config.email.from_address.clone();
-    settings.smtp_url = config
-        .email
-        .smtp_url
-        .as_ref()
-        .map(|u| SecretString::from(u.to_string()));
+    let stores = lookit_control::StoreLocations::from_config(&config.storage, &secrets, &home);
+    let settings = lookit_control::worker_settings(&config, stores, &home, addresses.broker_url());
     let (events, _) = tokio::sync::broadcast::channel(1024);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();

@@ -144,23 +144,7 @@ impl Apps {
             )),
         ));
 
-        let mut worker_settings = WorkerSettings::new(
-            amqp_url,
-            core.config.builds.builder_image.to_string(),
-            core.home.builds_dir(),
-        );
-        worker_settings.build_time_limit = Duration::from_secs(core.config.builds.time_limit_secs);
-        worker_settings.builder_base_image = core.config.builds.builder_base_image.to_string();
-        worker_settings.builds_store = stores.builds;
-        worker_settings.videos_store = Some(stores.videos);
-        worker_settings.max_attempts = core.config.builds.max_attempts;
-        worker_settings.from_address = core.config.email.from_address.clone();
-        worker_settings.smtp_url = core
-            .config
-            .email
-            .smtp_url
-            .as_ref()
-            .map(|url| secrecy::SecretString::from(url.to_string()));
+        let worker_settings = worker_settings(&core.config, stores, &core.home, amqp_url);
         let (worker_events, receiver) = broadcast::channel(1024);
         let worker_state = std::sync::Arc::new(Mutex::new((ServiceState::Starting, None)));
         tokio::spawn(forward_worker_events(
@@ -564,6 +548,33 @@ async fn forward_worker_events(
 }
 
 /// Who started a sharing session, for the audit trail.
+/// The worker's settings from the config, so the embedded worker and `lookit-local worker` (a
+/// worker of its own, e.g. on another machine) work alike.
+pub fn worker_settings(
+    config: &lookit_config::Config,
+    stores: lookit_storage::StoreLocations,
+    home: &lookit_config::Home,
+    amqp_url: secrecy::SecretString,
+) -> WorkerSettings {
+    let mut settings = WorkerSettings::new(
+        amqp_url,
+        config.builds.builder_image.to_string(),
+        home.builds_dir(),
+    );
+    settings.build_time_limit = Duration::from_secs(config.builds.time_limit_secs);
+    settings.builder_base_image = config.builds.builder_base_image.to_string();
+    settings.builds_store = stores.builds;
+    settings.videos_store = Some(stores.videos);
+    settings.max_attempts = config.builds.max_attempts;
+    settings.from_address = config.email.from_address.clone();
+    settings.smtp_url = config
+        .email
+        .smtp_url
+        .as_ref()
+        .map(|url| secrecy::SecretString::from(url.to_string()));
+    settings
+}
+
 fn user_name() -> String {
     nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()

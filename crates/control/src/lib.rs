@@ -19,6 +19,7 @@ mod render;
 pub mod telemetry;
 mod watch;
 
+pub use apps::worker_settings;
 pub use commands::{lookit_env, purge, status, wait_for_exit, ServiceAddresses};
 pub use instance::{run_foreground, Instance, InstanceOptions};
 pub use instance_record::{InstanceRecord, RecordGuard};
@@ -30,6 +31,7 @@ pub use render::{render_status, render_tunnel_check};
 pub use doctor::render as render_doctor;
 /// Every prerequisite, with what is wrong and the command that fixes it.
 pub use lookit_stack::doctor;
+pub use lookit_storage::StoreLocations;
 
 /// Installs aws-lc-rs as the process's only rustls provider. Call once at start-up, before any
 /// TLS is used; calling it again is harmless.
