@@ -71,7 +71,7 @@ npm_ci() {
 pip_tools() {
   local venv="$LOOKIT_CACHE/tools/venv"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv" || return 1
-  "$venv/bin/pip" install -q aiosmtpd "moto[server]" celery schemathesis || return 1
+  "$venv/bin/pip" install -q aiosmtpd "moto[server]" celery schemathesis psycopg2-binary || return 1
   mkdir -p "$LOOKIT_CACHE/tools/bin"
   ln -sf "$venv/bin/python" "$LOOKIT_CACHE/tools/bin/lookit-test-python"
 }

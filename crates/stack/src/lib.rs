@@ -36,8 +36,8 @@ pub use connections::{Connections, PostgresConnection, RabbitConnection};
 pub use doctor::doctor;
 pub use error::StackError;
 pub use event::{LayerProgress, StackEvent, StepOutcome};
-pub use usage::{ProcessSampler, ResourceUsage};
 pub use lookit_status::{CheckOutcome, DoctorCheck};
+pub use usage::{ProcessSampler, ResourceUsage};
 
 use event::Reporter;
 use supervisor::{Command, Launcher, Service, Shared};
