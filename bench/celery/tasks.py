@@ -30,6 +30,8 @@ def _database():
     global _connection
     if _connection is None:
         _connection = psycopg2.connect(os.environ["BENCH_DATABASE_URL"])
+        # One statement, committed on its own: the same round trips as the Rust job.
+        _connection.autocommit = True
     return _connection
 
 
@@ -45,4 +47,3 @@ def insert(job_id):
         cursor.execute(
             "INSERT INTO bench_jobs (job_id) VALUES (%s) ON CONFLICT DO NOTHING", (job_id,)
         )
-    connection.commit()
