@@ -122,13 +122,18 @@ pub(crate) async fn rebuild(pool: &PgPool, id: Uuid) -> Result<BuildSummary, Act
 async fn queue(pool: &PgPool, study: Uuid) -> Result<BuildSummary, ActionError> {
     let queued = lookit_api::queue_study_build(pool, study)
         .await
-        .map_err(|e| match e {
-            lookit_api::ApiError::NotFound(_) => ActionError::NotFound(format!("study {study}")),
-            lookit_api::ApiError::Conflict(why) => ActionError::Conflict(why),
-            lookit_api::ApiError::BadRequest(why) => ActionError::Invalid(why),
-            other => ActionError::Failed(other.to_string()),
-        })?;
+        .map_err(|e| queue_error(study, e))?;
     build(pool, queued.id).await
+}
+
+/// The API's refusal of a build, as the panel says it.
+fn queue_error(study: Uuid, error: lookit_api::ApiError) -> ActionError {
+    match error {
+        lookit_api::ApiError::NotFound(_) => ActionError::NotFound(format!("study {study}")),
+        lookit_api::ApiError::Conflict(why) => ActionError::Conflict(why),
+        lookit_api::ApiError::BadRequest(why) => ActionError::Invalid(why),
+        other => ActionError::Failed(other.to_string()),
+    }
 }
 
 /// Sets the study's player when one is given (as `lookit-local build --player` does), then
@@ -137,58 +142,15 @@ pub(crate) async fn start_build(
     pool: &PgPool,
     request: NewBuild,
 ) -> Result<BuildSummary, ActionError> {
-    if let Some(player) = request.player.as_deref().filter(|p| !p.trim().is_empty()) {
-        let player = PlayerChoice::parse(player.trim()).map_err(ActionError::Invalid)?;
-        let updated = sqlx::query(
-            "UPDATE studies SET metadata = metadata || jsonb_build_object('player_repo_url', $2::text) \
-             || CASE WHEN $3::text IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('last_known_player_sha', $3::text) END, \
-             modified_at = now() WHERE id = $1",
-        )
-        .bind(request.study)
-        .bind(&player.source)
-        .bind(&player.sha)
-        .execute(pool)
+    let Some(player) = request.player.as_deref().filter(|p| !p.trim().is_empty()) else {
+        return queue(pool, request.study).await;
+    };
+    let player = lookit_watch::Player::parse(player.trim())
+        .map_err(|e| ActionError::Invalid(e.to_string()))?;
+    let queued = lookit_watch::queue_build_with_player(pool, request.study, &player)
         .await
-        .map_err(database_error)?;
-        if updated.rows_affected() == 0 {
-            return Err(ActionError::NotFound(format!("study {}", request.study)));
-        }
-    }
-    queue(pool, request.study).await
-}
-
-/// A player given by the user: a folder on this machine or a repository URL, optionally pinned
-/// to a commit with `@<40-hex sha>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlayerChoice {
-    /// A repository URL, or the folder's absolute path.
-    pub source: String,
-    pub sha: Option<String>,
-}
-
-impl PlayerChoice {
-    pub fn parse(value: &str) -> Result<Self, String> {
-        let (source, sha) = match value.rsplit_once('@') {
-            Some((source, sha))
-                if sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()) =>
-            {
-                (source, Some(sha.to_ascii_lowercase()))
-            }
-            _ => (value, None),
-        };
-        let source = if source.contains("://") {
-            source.to_string()
-        } else {
-            let path = std::fs::canonicalize(source).map_err(|_| {
-                format!("player {source}: no such folder (give a folder or a repository URL)")
-            })?;
-            if !path.is_dir() {
-                return Err(format!("player {source}: not a folder"));
-            }
-            path.display().to_string()
-        };
-        Ok(Self { source, sha })
-    }
+        .map_err(|e| queue_error(request.study, e))?;
+    build(pool, queued.id).await
 }
 
 /// The studies, newest first, with the player their next build uses.
@@ -397,29 +359,6 @@ pub(crate) async fn video_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_player_is_a_folder_or_a_url_optionally_pinned() {
-        let folder = tempfile::tempdir().unwrap();
-        let path = folder.path().canonicalize().unwrap().display().to_string();
-        let sha = "A".repeat(40);
-        assert_eq!(
-            PlayerChoice::parse(&format!("{}@{sha}", folder.path().display())).unwrap(),
-            PlayerChoice {
-                source: path.clone(),
-                sha: Some("a".repeat(40))
-            }
-        );
-        assert_eq!(
-            PlayerChoice::parse("https://example.org/ember-lookit-frameplayer.git").unwrap(),
-            PlayerChoice {
-                source: "https://example.org/ember-lookit-frameplayer.git".into(),
-                sha: None
-            }
-        );
-        let missing = PlayerChoice::parse("/no/such/player").unwrap_err();
-        assert!(missing.contains("no such folder"), "{missing}");
-    }
 
     #[test]
     fn video_paths_never_leave_the_video_folder() {
