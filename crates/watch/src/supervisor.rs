@@ -105,10 +105,10 @@ pub async fn run_study_watches(
         .await
         .context("listen for study link changes")?;
     listener.listen(LINKS_CHANGED_CHANNEL).await?;
-    let mut running: HashMap<Uuid, StudyWatch> = HashMap::new();
+    let mut running: HashMap<Uuid, (StudyLink, StudyWatch)> = HashMap::new();
     for link in study_links(&pool).await? {
         let watch = start(&pool, &link, settings, &events, &cancel).await;
-        running.insert(link.study_id, watch);
+        running.insert(link.study_id, (link, watch));
     }
     loop {
         let notice = tokio::select! {
@@ -118,10 +118,17 @@ pub async fn run_study_watches(
         let Ok(study) = notice.payload().parse::<Uuid>() else {
             continue;
         };
+        let link = study_link(&pool, study).await?;
+        // A notice for a link already watched as it is (the first read of the links can see a
+        // change whose notice comes after it) must not restart its watchers: a restart drops
+        // the burst of edits they are gathering.
+        if link.as_ref() == running.get(&study).map(|(current, _)| current) {
+            continue;
+        }
         running.remove(&study);
-        if let Some(link) = study_link(&pool, study).await? {
+        if let Some(link) = link {
             let watch = start(&pool, &link, settings, &events, &cancel).await;
-            running.insert(study, watch);
+            running.insert(study, (link, watch));
         }
     }
 }
