@@ -14,7 +14,7 @@
 #[path = "common/api_token.rs"]
 mod api_token;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use lookit_api::tls::LocalCa;
 use lookit_api::{ApiSettings, ApiState};
 use secrecy::SecretString;
@@ -70,15 +70,7 @@ async fn stopped() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    if std::env::var_os("LOOKIT_TEST_DATABASE_URL").is_none() {
-        bail!("LOOKIT_TEST_DATABASE_URL is not set: run `eval \"$(scripts/test-services start)\"` first");
-    }
-    let db = lookit_testkit::fresh_database().await;
-    let pool = db.pool().await;
-    lookit_contracts::MIGRATOR
-        .run(&pool)
-        .await
-        .context("migrate")?;
+    let (_db, pool) = api_token::migrated_database().await?;
     let totp_secret = seed(&pool).await?;
 
     let files = tempfile::tempdir()?;

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use lookit_api::{ApiSettings, ApiState};
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -219,15 +219,7 @@ async fn seed(pool: &sqlx::PgPool) -> anyhow::Result<(String, String, Vec<Uuid>)
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    if std::env::var_os("LOOKIT_TEST_DATABASE_URL").is_none() {
-        bail!("LOOKIT_TEST_DATABASE_URL is not set: run `eval \"$(scripts/test-services start)\"` first");
-    }
-    let db = lookit_testkit::fresh_database().await;
-    let pool = db.pool().await;
-    lookit_contracts::MIGRATOR
-        .run(&pool)
-        .await
-        .context("migrate")?;
+    let (db, pool) = api_token::migrated_database().await?;
     let (username, secret, responses) = seed(&pool).await?;
 
     let videos = tempfile::tempdir()?;
