@@ -190,10 +190,13 @@ async fn smtp_session(
             }
             waiting.fetch_add(1, Ordering::SeqCst);
             // A client that goes away while waiting (killed) ends the conversation undelivered,
-            // as at a real server: the client sends nothing until it has the reply.
+            // as at a real server: the client sends nothing until it has the reply. Biased, the
+            // hang-up is looked at first: a client killed before the gate opens must never count
+            // as delivered just because both branches were ready when this task next ran.
             let opened = tokio::select! {
-                opened = gate.wait_for(|open| *open) => opened.is_ok(),
+                biased;
                 _ = lines.next_line() => false,
+                opened = gate.wait_for(|open| *open) => opened.is_ok(),
             };
             waiting.fetch_sub(1, Ordering::SeqCst);
             if !opened {
@@ -245,6 +248,13 @@ async fn killing_the_worker_with_twenty_emails_in_flight_sends_each_exactly_once
     .await;
     first.kill().await.unwrap();
     let _ = first.wait().await;
+    // The server has seen every killed conversation hang up before it starts accepting.
+    wait_until(
+        "the SMTP server has seen the killed worker hang up",
+        Duration::from_secs(30),
+        || async { (smtp.waiting.load(Ordering::SeqCst) == 0).then_some(()) },
+    )
+    .await;
     assert!(
         smtp.accepted().is_empty(),
         "nothing was sent before the kill"
