@@ -30,9 +30,43 @@ export function formatDuration(seconds: number): string {
     .join(' ');
 }
 
+/**
+ * How long a service has been up: to the second in its first minute (`42s`), then to the minute
+ * (`4m`, `2h 5m`), then to the hour (`3d 4h`). An idle window whose uptimes change once a minute
+ * repaints once a minute, not once a second.
+ */
 export function uptime(startedAt: string | null, now: Date): string {
   if (!startedAt) return '–';
-  return formatDuration((now.getTime() - new Date(startedAt).getTime()) / 1000);
+  const seconds = Math.max(0, Math.floor(elapsedMs(startedAt, now) / 1000));
+  const step = uptimeStepMs(seconds * 1000) / 1000;
+  return formatDuration(seconds - (seconds % step));
+}
+
+/**
+ * Milliseconds until the first of these uptimes reads differently, or null when there is none:
+ * when the Overview's clock has to tick next.
+ */
+export function untilUptimeChanges(startedAts: (string | null)[], now: Date): number | null {
+  let soonest: number | null = null;
+  for (const startedAt of startedAts) {
+    if (!startedAt) continue;
+    const elapsed = Math.max(0, elapsedMs(startedAt, now));
+    const step = uptimeStepMs(elapsed);
+    const wait = step - (elapsed % step);
+    soonest = soonest === null ? wait : Math.min(soonest, wait);
+  }
+  return soonest;
+}
+
+function elapsedMs(startedAt: string, now: Date): number {
+  return now.getTime() - new Date(startedAt).getTime();
+}
+
+/** The resolution `uptime` shows at this age: a second, a minute or an hour. */
+function uptimeStepMs(elapsedMs: number): number {
+  if (elapsedMs < 60_000) return 1000;
+  if (elapsedMs < 86_400_000) return 60_000;
+  return 3_600_000;
 }
 
 export function formatPercent(value: number | null): string {
