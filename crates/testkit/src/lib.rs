@@ -3,7 +3,12 @@
 //! variables read here), so tests run in parallel without seeing each other's data.
 //!
 //! These are real servers; a test that cannot reach them fails with the command to run, it never
-//! silently passes.
+//! silently passes. The one exception is [`SmallDisk`] (a real filesystem the test fills), which
+//! needs root to mount and says so when it skips.
+
+mod small_disk;
+
+pub use small_disk::SmallDisk;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
