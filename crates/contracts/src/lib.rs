@@ -120,6 +120,17 @@ pub enum BuildStatus {
 }
 
 impl BuildStatus {
+    /// The name stored in `builds.status` and shown to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildStatus::Queued => "queued",
+            BuildStatus::Running => "running",
+            BuildStatus::Succeeded => "succeeded",
+            BuildStatus::Failed => "failed",
+            BuildStatus::Cancelled => "cancelled",
+        }
+    }
+
     pub fn is_finished(self) -> bool {
         matches!(
             self,
@@ -156,5 +167,16 @@ mod tests {
             r#"{"job_id":"6f1c1a52-9c57-4b8e-9a3f-0d6f4d1c2b3a","task":"format_disk"}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn build_status_names_are_the_stored_and_serialized_ones() {
+        use BuildStatus::*;
+        for status in [Queued, Running, Succeeded, Failed, Cancelled] {
+            assert_eq!(
+                serde_json::to_value(status).unwrap(),
+                serde_json::json!(status.as_str())
+            );
+        }
     }
 }

@@ -9,6 +9,9 @@
 //! - A failing builder fails the build at once (no retry: it would fail the same way); trouble
 //!   around it (Docker daemon, network, database) is retried through the broker, and only the
 //!   final failure writes the study log entry and the notice (Lookit's issue #506).
+//! - The worker changes a build's row only while it is `running` (or `queued`, to start it), so
+//!   a user's cancel ([`crate::cancel`]) is never overwritten: a build found cancelled is stopped
+//!   (builder container killed and removed), never published, and its job is acknowledged.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -67,7 +70,9 @@ enum StageError {
     Failed(BuildStage, String),
     /// Something around the build failed; a later attempt may succeed.
     Trouble(BuildStage, anyhow::Error),
-    Cancelled,
+    /// Stopped on request: the worker shuts down, or the user cancelled the build (the row says
+    /// which).
+    Stopped,
 }
 
 /// A successful run of the stages.
@@ -124,40 +129,68 @@ impl JobHandler for BuildHandler {
         if build.status.is_finished() {
             return self.hand_over_notice(build.id, publisher).await;
         }
-        self.start(&build).await?;
+        if !self.start(&build).await? {
+            // Cancelled since it was loaded: nothing ran, nothing to undo.
+            return Ok(());
+        }
+        // Fires on shutdown and when the user cancels the build.
+        let stop = cancel.child_token();
+        let cancel_listener = tokio::spawn(crate::cancel::stop_when_cancelled(
+            self.pool.clone(),
+            build.id,
+            stop.clone(),
+        ));
         let (lines, log_writer) = self.log_writer(build.id);
-        let result = self.run_stages(&build, &lines, cancel).await;
+        let result = self.run_stages(&build, &lines, &stop).await;
+        cancel_listener.abort();
         drop(lines);
         // Every line is in the database before the build's status says it is over.
         let _ = log_writer.await;
+        // Each update below applies only to a build still running: one that does not apply means
+        // the user cancelled it meanwhile.
         match result {
             Ok(built) => {
-                self.finish(&build, Ok(&built)).await?;
+                if !self.finish(&build, Ok(&built)).await? {
+                    return self.cancelled_by_user(&build).await;
+                }
                 self.hand_over_notice(build.id, publisher).await
             }
             Err(StageError::Failed(stage, error)) => {
-                self.finish(&build, Err((stage.as_str(), &error))).await?;
+                if !self.finish(&build, Err((stage.as_str(), &error))).await? {
+                    return self.cancelled_by_user(&build).await;
+                }
                 self.hand_over_notice(build.id, publisher).await
             }
             Err(StageError::Trouble(stage, error)) => {
-                sqlx::query(
-                    "UPDATE builds SET status = 'queued', stage = $2, error = $3 WHERE id = $1",
+                let requeued = sqlx::query(
+                    "UPDATE builds SET status = 'queued', stage = $2, error = $3
+                     WHERE id = $1 AND status = 'running'",
                 )
                 .bind(build.id)
                 .bind(stage.as_str())
                 .bind(format!("{error:#}"))
                 .execute(&self.pool)
                 .await?;
+                if requeued.rows_affected() == 0 {
+                    return self.cancelled_by_user(&build).await;
+                }
                 self.status_changed(&build, BuildStatus::Queued, Some(stage.as_str()), false);
                 Err(JobError::Retry(
                     error.context(format!("stage {}", stage.as_str())),
                 ))
             }
-            Err(StageError::Cancelled) => {
-                sqlx::query("UPDATE builds SET status = 'queued', stage = NULL WHERE id = $1")
-                    .bind(build.id)
-                    .execute(&self.pool)
-                    .await?;
+            Err(StageError::Stopped) => {
+                let requeued = sqlx::query(
+                    "UPDATE builds SET status = 'queued', stage = NULL
+                     WHERE id = $1 AND status = 'running'",
+                )
+                .bind(build.id)
+                .execute(&self.pool)
+                .await?;
+                if requeued.rows_affected() == 0 {
+                    return self.cancelled_by_user(&build).await;
+                }
+                // Shutdown: the message goes back to the queue for the next worker.
                 self.status_changed(&build, BuildStatus::Queued, None, false);
                 Err(JobError::Interrupted)
             }
@@ -194,17 +227,22 @@ impl BuildHandler {
         .await
     }
 
-    async fn start(&self, build: &BuildRow) -> Result<(), sqlx::Error> {
+    /// Marks the build running; `false` when it was cancelled since it was loaded.
+    async fn start(&self, build: &BuildRow) -> Result<bool, sqlx::Error> {
         // A new attempt starts a new log: a half log of an interrupted attempt would mislead.
-        sqlx::query(
+        // `running` too: the attempt of a worker that died is taken over.
+        let started = sqlx::query(
             "UPDATE builds SET status = 'running', attempts = attempts + 1, log = '', error = NULL,
                     stage = $2, started_at = now(), finished_at = NULL
-             WHERE id = $1",
+             WHERE id = $1 AND status IN ('queued', 'running')",
         )
         .bind(build.id)
         .bind(BuildStage::ResolveCommit.as_str())
         .execute(&self.pool)
         .await?;
+        if started.rows_affected() == 0 {
+            return Ok(false);
+        }
         self.notify(build.id).await?;
         self.status_changed(
             build,
@@ -212,7 +250,7 @@ impl BuildHandler {
             Some(BuildStage::ResolveCommit.as_str()),
             false,
         );
-        Ok(())
+        Ok(true)
     }
 
     async fn run_stages(
@@ -268,7 +306,7 @@ impl BuildHandler {
                 }
                 Err(error) => return Err(StageError::Failed(BuildStage::BuilderImage, error.to_string())),
             },
-            _ = cancel.cancelled() => return Err(StageError::Cancelled),
+            _ = cancel.cancelled() => return Err(StageError::Stopped),
         };
         let env = self.container_env(build.study_id, &player_sha);
         let cache_key = cache_key(&player_sha, &image_id, &env);
@@ -288,6 +326,9 @@ impl BuildHandler {
             self.run_builder(build, env, &output, log, cancel).await?;
         }
 
+        // The point of no return: once the row says `upload`, a cancel is refused (see
+        // `cancel_build`), so a cancelled build never publishes and a published one is never
+        // reported cancelled.
         self.enter(build, BuildStage::Upload).await?;
         let uploaded = self
             .builds_store
@@ -359,7 +400,7 @@ impl BuildHandler {
                     settings.build_time_limit.as_secs()
                 ))
             }
-            BuilderExit::Cancelled => return Err(StageError::Cancelled),
+            BuilderExit::Cancelled => return Err(StageError::Stopped),
         }
         let produced = deployment.join(build.study_id.to_string());
         let files = {
@@ -423,30 +464,36 @@ impl BuildHandler {
         .await
     }
 
+    /// Records the stage the build enters; [`StageError::Stopped`] when the build is no longer
+    /// running (the user cancelled it).
     async fn enter(&self, build: &BuildRow, stage: BuildStage) -> Result<(), StageError> {
-        sqlx::query("UPDATE builds SET stage = $2 WHERE id = $1")
-            .bind(build.id)
-            .bind(stage.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| StageError::Trouble(stage, e.into()))?;
+        let entered =
+            sqlx::query("UPDATE builds SET stage = $2 WHERE id = $1 AND status = 'running'")
+                .bind(build.id)
+                .bind(stage.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(|e| StageError::Trouble(stage, e.into()))?;
+        if entered.rows_affected() == 0 {
+            return Err(StageError::Stopped);
+        }
         self.status_changed(build, BuildStatus::Running, Some(stage.as_str()), false);
         Ok(())
     }
 
     /// Ends the build (if it is not over yet) with its study log entry and its one notice, all in
-    /// one transaction.
+    /// one transaction. `false` when it was already over (the user cancelled it): nothing written.
     async fn finish(
         &self,
         build: &BuildRow,
         result: Result<&Built, (&str, &str)>,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let log: Option<String> = match result {
             Ok(built) => sqlx::query_scalar(
                 "UPDATE builds SET status = 'succeeded', stage = NULL, error = NULL, player_sha = $2,
                         cache_key = $3, cache_hit = $4, output_location = $5, finished_at = now()
-                 WHERE id = $1 AND status IN ('queued', 'running') RETURNING log",
+                 WHERE id = $1 AND status = 'running' RETURNING log",
             )
             .bind(build.id)
             .bind(&built.player_sha)
@@ -455,6 +502,7 @@ impl BuildHandler {
             .bind(&built.location)
             .fetch_optional(&mut *tx)
             .await?,
+            // `queued` too: a build given up on between two attempts.
             Err((stage, error)) => sqlx::query_scalar(
                 "UPDATE builds SET status = 'failed', stage = $2, error = $3, finished_at = now()
                  WHERE id = $1 AND status IN ('queued', 'running') RETURNING log",
@@ -466,8 +514,7 @@ impl BuildHandler {
             .await?,
         };
         let Some(log) = log else {
-            // Someone else finished (or cancelled) it meanwhile.
-            return Ok(());
+            return Ok(false);
         };
         let log_tail = tail(&log, LOG_TAIL_LINES);
         let study_name: String = sqlx::query_scalar("SELECT name FROM studies WHERE id = $1")
@@ -528,6 +575,27 @@ impl BuildHandler {
             Err((stage, _)) => (BuildStatus::Failed, Some(stage), false),
         };
         self.status_changed(build, status, stage, cache_hit);
+        Ok(true)
+    }
+
+    /// Ends the handling of a running build the user cancelled: its row already says so (with
+    /// the reason), its builder container is gone and nothing was published; the log and the
+    /// panel hear of it, and the job is done (acknowledged, not retried).
+    async fn cancelled_by_user(&self, build: &BuildRow) -> Result<(), JobError> {
+        tracing::info!(build_id = %build.id, "build cancelled by the user");
+        let line = "[lookit-local] cancelled by the user: stopped before publishing, the study's \
+                    published version is unchanged"
+            .to_string();
+        append_log(&self.pool, build.id, &format!("{line}\n")).await?;
+        let _ = self.events.send(WorkerEvent::BuildLog {
+            build_id: build.id,
+            line,
+        });
+        let stage: Option<String> = sqlx::query_scalar("SELECT stage FROM builds WHERE id = $1")
+            .bind(build.id)
+            .fetch_one(&self.pool)
+            .await?;
+        self.status_changed(build, BuildStatus::Cancelled, stage.as_deref(), false);
         Ok(())
     }
 
@@ -578,16 +646,7 @@ impl BuildHandler {
                     });
                     line = receiver.try_recv().ok();
                 }
-                let appended = sqlx::query(
-                    "WITH appended AS (UPDATE builds SET log = log || $2 WHERE id = $1)
-                     SELECT pg_notify($3, $1::text)",
-                )
-                .bind(build_id)
-                .bind(&chunk)
-                .bind(BUILD_NOTIFY_CHANNEL)
-                .execute(&pool)
-                .await;
-                if let Err(error) = appended {
+                if let Err(error) = append_log(&pool, build_id, &chunk).await {
                     tracing::warn!(%build_id, %error, "could not store build log lines");
                 }
             }
@@ -619,6 +678,20 @@ impl BuildHandler {
             cache_hit,
         });
     }
+}
+
+/// Appends `chunk` (whole lines) to the build's log and tells followers.
+async fn append_log(pool: &PgPool, build_id: Uuid, chunk: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH appended AS (UPDATE builds SET log = log || $2 WHERE id = $1)
+         SELECT pg_notify($3, $1::text)",
+    )
+    .bind(build_id)
+    .bind(chunk)
+    .bind(BUILD_NOTIFY_CHANNEL)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Takes the build's advisory lock on a connection of its own (waiting while another worker

@@ -6,11 +6,13 @@
 //! never repeats an effect; failures are retried with exponential backoff through
 //! `<queue>.retry` and end in `<queue>.dead` with the reason; a lost broker is reconnected with
 //! backoff and consuming resumes; on shutdown the worker takes no new job and lets the jobs in
-//! flight finish (a build in flight is stopped and put back in the queue).
+//! flight finish (a build in flight is stopped and put back in the queue). A user's cancel of a
+//! build ([`cancel_build`]) reaches the worker running it through Postgres, wherever it runs.
 
 mod broker;
 mod build;
 mod builder_image;
+mod cancel;
 mod cleanup;
 mod container;
 mod email;
@@ -36,6 +38,7 @@ pub use broker::{
 };
 pub use build::{BuildStage, BUILD_NOTIFY_CHANNEL};
 pub use builder_image::{BuilderImage, BuilderImageError, BuilderImageProgress, ImageReady};
+pub use cancel::{cancel_build, CancelBuildError};
 pub use email::EmailOutcome;
 pub use follow::{follow_build, BuildOutcome};
 pub use settings::{BuildEnvironment, QueueLimits, WorkerSettings};

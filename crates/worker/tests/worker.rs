@@ -473,3 +473,218 @@ async fn sent_email_shows_the_logo_from_an_inline_part_its_html_references_by_co
     );
     worker.stop().await;
 }
+
+/// The next event `wanted` picks, within `limit`.
+async fn next_event<T>(
+    events: &mut tokio::sync::broadcast::Receiver<WorkerEvent>,
+    what: &str,
+    limit: Duration,
+    mut wanted: impl FnMut(&WorkerEvent) -> Option<T>,
+) -> T {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(event) => {
+                    if let Some(value) = wanted(&event) {
+                        return value;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(error) => panic!("the worker's events ended: {error}"),
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting until {what}"))
+}
+
+/// A queue of the test vhost as the broker's management API shows it: `messages` (ready and
+/// unacknowledged) and the `message_stats` counters, which it refreshes every few seconds.
+async fn queue_stats(vhost: &lookit_testkit::TestVhost, queue: &str) -> serde_json::Value {
+    let url = vhost.management_url();
+    reqwest::Client::new()
+        .get(format!(
+            "{}://{}:{}/api/queues/{}/{queue}",
+            url.scheme(),
+            url.host_str().unwrap(),
+            url.port().unwrap(),
+            vhost.name()
+        ))
+        .basic_auth(url.username(), url.password())
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// One of a queue's counters; absent until it first counts.
+fn counted(stats: &serde_json::Value, counter: &str) -> u64 {
+    stats["message_stats"][counter].as_u64().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_running_build_cancelled_by_the_user_stops_publishes_nothing_and_the_worker_goes_on() {
+    use lookit_contracts::BuildStatus;
+    let f = fixture().await;
+    let worker = start_worker(&f.pool, f.settings());
+    let mut events = worker.events.subscribe();
+    let connection = connect(&f.vhost).await;
+    let publisher = Publisher::open(&connection).await.unwrap();
+    let status_of = |wanted: uuid::Uuid| {
+        move |event: &WorkerEvent| match event {
+            WorkerEvent::BuildStatus {
+                build_id, status, ..
+            } if *build_id == wanted && status.is_finished() => Some(*status),
+            _ => None,
+        }
+    };
+
+    // A published version, which the cancelled build must leave as it is.
+    let first = f.request_build(&publisher, &f.player("first", &[])).await;
+    assert_eq!(f.finished_build(first).await, "succeeded");
+    let location: String = sqlx::query_scalar("SELECT output_location FROM builds WHERE id = $1")
+        .bind(first)
+        .fetch_one(&f.pool)
+        .await
+        .unwrap();
+    let index = std::path::Path::new(&location).join("index.html");
+    let published = std::fs::read_to_string(&index).unwrap();
+
+    // The test builder waits for a file nobody writes: this build runs until it is stopped.
+    let slow = f
+        .request_build(
+            &publisher,
+            &f.player("slow", &[("WAIT_FOR_FILE", "release")]),
+        )
+        .await;
+    next_event(
+        &mut events,
+        "the slow build's builder runs",
+        Duration::from_secs(120),
+        |event| match event {
+            WorkerEvent::BuildLog { build_id, line } if *build_id == slow => {
+                line.contains("waiting for").then_some(())
+            }
+            _ => None,
+        },
+    )
+    .await;
+
+    lookit_worker::cancel_build(&f.pool, slow).await.unwrap();
+    // The study may be built again at once; the worker gets to it once the slow one is stopped.
+    let next = f.request_build(&publisher, &f.player("next", &[])).await;
+    let ended = next_event(
+        &mut events,
+        "the worker reports the build cancelled",
+        Duration::from_secs(60),
+        status_of(slow),
+    )
+    .await;
+    assert_eq!(ended, BuildStatus::Cancelled);
+
+    let (status, error, log, location, attempts): (String, String, String, Option<String>, i32) =
+        sqlx::query_as(
+            "SELECT status, error, log, output_location, attempts FROM builds WHERE id = $1",
+        )
+        .bind(slow)
+        .fetch_one(&f.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.as_str(), error.as_str()),
+        ("cancelled", "cancelled by the user")
+    );
+    assert!(log.contains("waiting for"), "{log}");
+    assert!(
+        log.trim_end()
+            .ends_with("the study's published version is unchanged"),
+        "the log ends saying what became of the build: {log}"
+    );
+    assert_eq!(location, None);
+    assert_eq!(attempts, 1, "a cancelled build is not tried again");
+    // Its builder container is gone.
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    let containers = docker
+        .list_containers(Some(bollard::container::ListContainersOptions::<String> {
+            all: true,
+            filters: std::collections::HashMap::from([
+                (
+                    "label".to_string(),
+                    vec!["lookit-local.builder".to_string()],
+                ),
+                ("name".to_string(), vec![format!("lookit-build-{slow}")]),
+            ]),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert!(containers.is_empty(), "left behind: {containers:?}");
+    // Nothing published, nothing announced.
+    assert_eq!(std::fs::read_to_string(&index).unwrap(), published);
+    assert_eq!(
+        count(
+            &f.pool,
+            "SELECT count(*) FROM emails WHERE build_id = $1",
+            slow
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &f.pool,
+            "SELECT count(*) FROM study_logs WHERE study_id = $1",
+            f.study_id
+        )
+        .await,
+        1,
+        "only the first build's `deployed` entry"
+    );
+    // A second cancel is refused, naming the state.
+    let again = lookit_worker::cancel_build(&f.pool, slow)
+        .await
+        .unwrap_err();
+    assert!(
+        again
+            .to_string()
+            .starts_with("the build is already cancelled"),
+        "{again}"
+    );
+
+    // The same worker goes on with the next build, which publishes.
+    let ended = next_event(
+        &mut events,
+        "the next build ends",
+        Duration::from_secs(120),
+        status_of(next),
+    )
+    .await;
+    assert_eq!(ended, BuildStatus::Succeeded);
+    assert_ne!(std::fs::read_to_string(&index).unwrap(), published);
+
+    worker.stop().await;
+
+    // Each of the three jobs was acknowledged once: the cancelled one was not put back,
+    // redelivered, retried or dead-lettered.
+    let builds = wait_until(
+        "the broker counts three acknowledgements",
+        Duration::from_secs(30),
+        || async {
+            let stats = queue_stats(&f.vhost, "builds").await;
+            (counted(&stats, "ack") >= 3).then_some(stats)
+        },
+    )
+    .await;
+    assert_eq!(counted(&builds, "ack"), 3, "{builds}");
+    assert_eq!(counted(&builds, "redeliver"), 0, "{builds}");
+    assert_eq!(builds["messages"], 0, "{builds}");
+    for queue in ["builds.retry", "builds.dead"] {
+        let stats = queue_stats(&f.vhost, queue).await;
+        assert_eq!(counted(&stats, "publish"), 0, "{queue}: {stats}");
+        assert_eq!(stats["messages"], 0, "{queue}: {stats}");
+    }
+}

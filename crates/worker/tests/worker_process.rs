@@ -288,3 +288,59 @@ async fn killing_the_worker_with_twenty_emails_in_flight_sends_each_exactly_once
     assert_eq!(processed, 20, "each job is recorded done once");
     second.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_cancel_reaches_a_build_running_in_a_separate_worker_process() {
+    let f = fixture().await;
+    let connection = connect(&f.vhost).await;
+    let publisher = Publisher::open(&connection).await.unwrap();
+    let mut worker = spawn_worker(&f);
+    // The test builder waits for a file nobody writes: the build runs until it is stopped.
+    let player = f.player("slow", &[("WAIT_FOR_FILE", "release")]);
+    let build_id = f.request_build(&publisher, &player).await;
+    let log_of = || async {
+        sqlx::query_scalar::<_, String>("SELECT log FROM builds WHERE id = $1")
+            .bind(build_id)
+            .fetch_one(&f.pool)
+            .await
+            .unwrap()
+    };
+    wait_until("the builder runs", Duration::from_secs(60), || async {
+        log_of().await.contains("waiting for").then_some(())
+    })
+    .await;
+
+    // Only the database connects this process and the worker.
+    lookit_worker::cancel_build(&f.pool, build_id)
+        .await
+        .unwrap();
+    let log = wait_until(
+        "the worker process stops the build",
+        Duration::from_secs(60),
+        || async {
+            let log = log_of().await;
+            log.contains("cancelled by the user").then_some(log)
+        },
+    )
+    .await;
+    assert!(log.contains("published version is unchanged"), "{log}");
+    assert_eq!(f.build_status(build_id).await, "cancelled");
+    let leftover = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("name=lookit-build-{build_id}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&leftover.stdout).trim().is_empty(),
+        "a builder container is left"
+    );
+
+    // The process goes on with the next build.
+    let next = f.request_build(&publisher, &f.player("next", &[])).await;
+    assert_eq!(f.finished_build(next).await, "succeeded");
+    worker.kill().await.unwrap();
+}
