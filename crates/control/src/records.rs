@@ -85,32 +85,19 @@ pub(crate) async fn build_log(pool: &PgPool, id: Uuid) -> Result<Vec<String>, Ac
     Ok(log.lines().map(String::from).collect())
 }
 
-/// A queued build is cancelled before the worker takes it (the worker skips finished builds).
-/// A running one cannot be: the worker has no way to stop a build container on request yet.
+/// Cancels a queued or running build (through the database, so a worker in another process
+/// stops it too); a finished one, or one already publishing its output, is a conflict.
 pub(crate) async fn cancel_build(pool: &PgPool, id: Uuid) -> Result<BuildSummary, ActionError> {
-    let cancelled = sqlx::query(
-        "UPDATE builds SET status = 'cancelled', finished_at = now() \
-         WHERE id = $1 AND status = 'queued'",
-    )
-    .bind(id)
-    .execute(pool)
-    .await
-    .map_err(database_error)?;
-    let build = build(pool, id).await?;
-    if cancelled.rows_affected() == 0 {
-        let state = serde_json::to_value(build.status)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
-        return Err(ActionError::Conflict(match build.status {
-            BuildStatus::Running => {
-                "the build is running; a running build cannot be cancelled, only a queued one"
-                    .into()
+    lookit_worker::cancel_build(pool, id)
+        .await
+        .map_err(|error| match error {
+            lookit_worker::CancelBuildError::NotFound(_) => {
+                ActionError::NotFound(format!("build {id}"))
             }
-            _ => format!("the build is already {state}"),
-        }));
-    }
-    Ok(build)
+            lookit_worker::CancelBuildError::Database(e) => database_error(e),
+            refused => ActionError::Conflict(refused.to_string()),
+        })?;
+    build(pool, id).await
 }
 
 /// Queues a new build of the same study as `id`.
@@ -386,7 +373,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_build_started_with_a_player_folder_is_queued_listed_and_cancellable() {
+    async fn a_build_started_with_a_player_folder_is_listed_and_cancellable_until_it_publishes() {
         let (_database, pool, ids) = demo_database().await;
         let player = tempfile::tempdir().unwrap();
         let listed = studies(&pool).await.unwrap();
@@ -427,14 +414,47 @@ mod tests {
 
         let cancelled = cancel_build(&pool, build.id).await.unwrap();
         assert_eq!(cancelled.status, BuildStatus::Cancelled);
+        assert_eq!(cancelled.message.as_deref(), Some("cancelled by the user"));
         let twice = cancel_build(&pool, build.id).await.unwrap_err();
         assert_eq!(
             twice,
-            ActionError::Conflict("the build is already cancelled".into())
+            ActionError::Conflict(
+                "the build is already cancelled: only a queued or running build can be cancelled"
+                    .into()
+            )
         );
         let rebuilt = rebuild(&pool, build.id).await.unwrap();
         assert_ne!(rebuilt.id, build.id);
         assert_eq!(rebuilt.status, BuildStatus::Queued);
+
+        // A running build is cancelled too (its worker stops it), until it publishes its output.
+        let run = |stage: &'static str| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query(
+                    "UPDATE builds SET status = 'running', stage = $2, started_at = now() \
+                     WHERE id = $1",
+                )
+                .bind(rebuilt.id)
+                .bind(stage)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+        };
+        run("build").await;
+        let stopped = cancel_build(&pool, rebuilt.id).await.unwrap();
+        assert_eq!(stopped.status, BuildStatus::Cancelled);
+        assert_eq!(stopped.stage.as_deref(), Some("build"));
+        assert!(stopped.finished_at.is_some());
+        run("upload").await;
+        let publishing = cancel_build(&pool, rebuilt.id).await.unwrap_err();
+        assert!(
+            matches!(&publishing, ActionError::Conflict(why) if why.contains("publishing its output")),
+            "{publishing:?}"
+        );
+        let missing = cancel_build(&pool, Uuid::new_v4()).await.unwrap_err();
+        assert!(matches!(missing, ActionError::NotFound(_)), "{missing:?}");
 
         let unknown = start_build(
             &pool,
