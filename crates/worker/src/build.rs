@@ -1,5 +1,6 @@
 //! The `builds` queue: Lookit's study build (§2) with a checkout cache, an output cache, a
-//! streamed log and exactly one notice per build.
+//! streamed log and exactly one notice per build that succeeds or fails (none for a cancelled
+//! one: the user who cancelled it knows).
 //!
 //! Invariants:
 //! - One build id is worked on by one worker at a time (a Postgres advisory lock held on a

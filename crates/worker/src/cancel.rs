@@ -87,7 +87,7 @@ const RELISTEN_DELAY: Duration = Duration::from_secs(1);
 
 /// Cancels `stop` once the user has cancelled the build, and never returns otherwise: the caller
 /// drops (aborts) it when the build is over. Database trouble only delays the cancel: it listens
-/// again and rereads the row.
+/// again and rereads the row. Holds one connection of the pool while it listens.
 pub(crate) async fn stop_when_cancelled(pool: PgPool, build_id: Uuid, stop: CancellationToken) {
     loop {
         match wait_for_cancel(&pool, build_id).await {
