@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use lookit_storage::object_store::path::Path as StorePath;
 use lookit_storage::object_store::ObjectStoreExt;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -283,7 +282,7 @@ async fn pipe_rename(
 /// `<old>.mp4` → `<new>.mp4`, and Pipe's `<old>.jpg` snapshot deleted (it may be absent).
 async fn rename_stored_video(state: &ApiState, old: &str, new: &str) -> ApiResult<()> {
     let store = state.settings().videos.store();
-    let part = |name: &str, ext: &str| StorePath::from_url_path(format!("{name}.{ext}"));
+    let part = lookit_storage::video_object;
     let from = part(old, "mp4")
         .map_err(|_| ApiError::bad_request("videoName is not a valid object name"))?;
     let to = part(new, "mp4")

@@ -8,6 +8,8 @@
 //!   configured place (`s3://bucket/prefix` → key `a/b` is object `prefix/a/b`).
 //! - Built studies live at [`study_prefix`] (`experiments/<study_uuid>/`, Lookit's layout), the
 //!   same key for the worker that writes and the API that serves.
+//! - A received video is [`video_object`] `<name>.mp4` at the root of the video store, the same
+//!   key for the API that renames Pipe's upload and the panel that plays it.
 //! - Credentials are `SecretString`s handed to the store and never logged or shown in a
 //!   location; `Debug` of every type here redacts them.
 
@@ -15,12 +17,14 @@ mod location;
 mod s3_uploads;
 mod upload;
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path as Key;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use uuid::Uuid;
 
 pub use location::{GcsLocation, S3Location, StoreLocation, StoreLocations};
@@ -71,6 +75,9 @@ pub enum StorageError {
     },
 }
 
+/// The bytes of (part of) one object as they arrive from its store.
+pub type ByteStream = BoxStream<'static, Result<Bytes, StorageError>>;
+
 /// Which kind of place a [`Storage`] is; decides what it can do beyond `ObjectStore`.
 #[derive(Debug, Clone)]
 enum Kind {
@@ -94,6 +101,16 @@ pub struct Storage {
 /// The key prefix of a study's built files: `experiments/<study_uuid>` (Lookit's layout).
 pub fn study_prefix(study_id: Uuid) -> Key {
     Key::from_iter(["experiments".to_string(), study_id.to_string()])
+}
+
+/// Where a video named `name` (Pipe's name, or the name the database keeps) is in the video
+/// store: `<name>.<extension>` at its root, `mp4` for the video and `jpg` for Pipe's snapshot.
+/// The name is read as a URL path, as Pipe sends it; `.` and `..` parts are refused.
+pub fn video_object(name: &str, extension: &str) -> Result<Key, StorageError> {
+    Key::from_url_path(format!("{name}.{extension}")).map_err(|e| StorageError::BadKey {
+        key: format!("{name}.{extension}"),
+        reason: e.to_string(),
+    })
 }
 
 /// A key from a relative `a/b/c` path, refusing what could escape a prefix or is not a name:
@@ -155,13 +172,63 @@ impl Storage {
         };
         match fetched {
             Ok(bytes) => Ok(Some(bytes)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(source) if self.names_a_folder(key) => {
-                tracing::debug!(%key, %source, "read of a folder");
+            Err(source) => self.absent_or_failed("read", key, source),
+        }
+    }
+
+    /// The object's size in bytes; `None` when there is no such object (or the key names a
+    /// folder).
+    pub async fn size_of(&self, key: &Key) -> Result<Option<u64>, StorageError> {
+        match self.store.head(key).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(source) => self.absent_or_failed("read the size of", key, source),
+        }
+    }
+
+    /// The bytes `range` of the object, streamed as they come from the store (a file 8 KiB at a
+    /// time, a bucket's answer as it downloads): never the whole object in memory. `range` must
+    /// be non-empty and start within the object; a range past its end stops at the end.
+    /// `None` when there is no such object.
+    pub async fn read_range(
+        &self,
+        key: &Key,
+        range: Range<u64>,
+    ) -> Result<Option<ByteStream>, StorageError> {
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(range)),
+            ..GetOptions::default()
+        };
+        match self.store.get_opts(key, options).await {
+            Ok(result) => {
+                let location = self.location_of(key);
+                let chunks = result
+                    .into_stream()
+                    .map_err(move |source| StorageError::Store {
+                        operation: "read",
+                        location: location.clone(),
+                        source,
+                    });
+                Ok(Some(chunks.boxed()))
+            }
+            Err(source) => self.absent_or_failed("read", key, source),
+        }
+    }
+
+    /// `Ok(None)` for an object that is not there, the error otherwise.
+    fn absent_or_failed<T>(
+        &self,
+        operation: &'static str,
+        key: &Key,
+        source: object_store::Error,
+    ) -> Result<Option<T>, StorageError> {
+        match source {
+            object_store::Error::NotFound { .. } => Ok(None),
+            source if self.names_a_folder(key) => {
+                tracing::debug!(%key, %source, "{operation} of a folder");
                 Ok(None)
             }
-            Err(source) => Err(StorageError::Store {
-                operation: "read",
+            source => Err(StorageError::Store {
+                operation,
                 location: self.location_of(key),
                 source,
             }),

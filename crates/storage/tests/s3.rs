@@ -191,6 +191,63 @@ async fn a_folder_has_no_multipart_uploads_and_serves_files_by_path() {
     );
 }
 
+/// Reads `range` of `key` through [`Storage::read_range`], chunk after chunk.
+async fn read_part(storage: &Storage, key: &Key, range: std::ops::Range<u64>) -> Option<Vec<u8>> {
+    use futures::TryStreamExt;
+    let chunks = storage.read_range(key, range).await.unwrap()?;
+    let chunks: Vec<bytes::Bytes> = chunks.try_collect().await.unwrap();
+    Some(chunks.concat())
+}
+
+#[tokio::test]
+async fn a_video_is_sized_and_read_in_parts_from_a_bucket_and_from_a_folder() {
+    let (bucket, _) = s3_storage("pipe").await;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = Storage::folder(dir.path().join("videos")).unwrap();
+    let video: Vec<u8> = (0..100_000u32).map(|n| (n % 251) as u8).collect();
+    let key =
+        lookit_storage::video_object("videoStream_a_1-intro_b_1700000000000_123", "mp4").unwrap();
+    assert_eq!(
+        key.as_ref(),
+        "videoStream_a_1-intro_b_1700000000000_123.mp4"
+    );
+    for storage in [&bucket, &folder] {
+        let place = storage.root();
+        storage
+            .store()
+            .put(&key, video.clone().into())
+            .await
+            .unwrap();
+        assert_eq!(
+            storage.size_of(&key).await.unwrap(),
+            Some(100_000),
+            "{place}"
+        );
+        assert_eq!(
+            read_part(storage, &key, 0..100_000).await.as_deref(),
+            Some(&video[..]),
+            "{place}"
+        );
+        assert_eq!(
+            read_part(storage, &key, 99_990..100_000).await.as_deref(),
+            Some(&video[99_990..]),
+            "{place}"
+        );
+        // Past the end stops at the end.
+        assert_eq!(
+            read_part(storage, &key, 65_536..200_000).await.as_deref(),
+            Some(&video[65_536..]),
+            "{place}"
+        );
+        let missing = lookit_storage::video_object("videoStream_missing", "mp4").unwrap();
+        assert_eq!(storage.size_of(&missing).await.unwrap(), None, "{place}");
+        assert!(
+            read_part(storage, &missing, 0..1).await.is_none(),
+            "{place}"
+        );
+    }
+}
+
 /// Google Cloud Storage cannot run here; with `LOOKIT_TEST_GCS_BUCKET` and
 /// `GOOGLE_APPLICATION_CREDENTIALS` set, the same upload and read run against the real bucket.
 #[tokio::test]
