@@ -29,6 +29,7 @@ use lookit_tunnel::{
 use lookit_worker::{BuilderImageProgress, WorkerEvent, WorkerSettings};
 
 use crate::control_plane::InstanceCore;
+use crate::videos::VideoStore;
 
 /// The health route checks the database and the broker with real connections; ask it this often
 /// at most, so an idle instance stays idle.
@@ -37,6 +38,8 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) struct Apps {
     /// The lookit database, for what the panel reads (builds, emails, videos).
     pool: sqlx::PgPool,
+    /// The store the API renames received videos in, for the panel to play them from.
+    videos: VideoStore,
     api_url: String,
     api_address: String,
     tunnel: std::sync::Arc<Tunnel>,
@@ -87,13 +90,14 @@ impl Apps {
             &core.secrets,
             &core.home,
         );
+        let videos = stores.videos.open().context("open the video storage")?;
         let settings = ApiSettings {
             public_url: core.config.api.public_url.clone(),
             environment: "local".into(),
             session_key: core.secrets.session_key.clone(),
             pipe_webhook_key: core.secrets.pipe_webhook_key.clone(),
             lambda_secret: core.secrets.lambda_secret.clone(),
-            videos: stores.videos.open().context("open the video storage")?,
+            videos: videos.clone(),
             builds: stores
                 .builds
                 .open()
@@ -184,6 +188,7 @@ impl Apps {
             .context("build the health-check client")?;
         Ok(Apps {
             pool,
+            videos: VideoStore::new(videos),
             api_url,
             api_address: address.to_string(),
             tunnel,
@@ -198,6 +203,10 @@ impl Apps {
 
     pub(crate) fn pool(&self) -> &sqlx::PgPool {
         &self.pool
+    }
+
+    pub(crate) fn videos(&self) -> &VideoStore {
+        &self.videos
     }
 
     /// Opens the public tunnel with the configured provider, as the user running the instance.

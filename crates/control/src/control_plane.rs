@@ -17,7 +17,7 @@ use lookit_config::{Config, Home, Secrets};
 use lookit_panel::{
     ActionError, BuildAction, BuildSummary, ControlPlane, EmailMessage, EmailSummary,
     InspectedRequest, NewBuild, NotificationLevel, PanelEvent, ServiceAction, ServiceName,
-    StackAction, StudySummary, TunnelAction, TunnelCheck, TunnelOptions, VideoSummary,
+    StackAction, StudySummary, TunnelAction, TunnelCheck, TunnelOptions, VideoFile, VideoSummary,
 };
 use lookit_stack::{Stack, StackError, StackEvent, StepOutcome};
 use lookit_status::{DoctorCheck, Endpoint, ServiceState, ServiceStatus, StatusReport};
@@ -26,6 +26,7 @@ use uuid::Uuid;
 use crate::apps::Apps;
 use crate::records;
 use crate::telemetry::{ResourceTelemetry, USAGE_INTERVAL};
+use crate::videos::{self, VideoStore};
 
 /// How often the snapshot is recomputed even when no event arrived (CPU, memory). A change of
 /// the queue depths recomputes it at once, so a queue change reaches the screen without
@@ -340,11 +341,14 @@ impl InstanceCore {
         }
     }
 
-    /// The local video folder (where the API keeps videos with `storage.videos = "local"`);
-    /// `None` when videos go to cloud storage.
-    fn videos_dir(&self) -> Option<std::path::PathBuf> {
-        (self.config.storage.videos == lookit_config::StorageUrl::Local)
-            .then(|| self.home.data_dir().join("videos"))
+    /// The lookit database and the video storage, while the API runs.
+    async fn received_videos(&self) -> Result<(sqlx::PgPool, VideoStore), ActionError> {
+        match &*self.apps.read().await {
+            Some(apps) => Ok((apps.pool().clone(), apps.videos().clone())),
+            None => Err(ActionError::Conflict(
+                "the stack is not running; start it first".into(),
+            )),
+        }
     }
 
     /// Tells the Builds page about a build it did not learn of from the worker.
@@ -541,10 +545,12 @@ impl ControlPlane for InstanceCore {
     }
 
     async fn videos(&self) -> Result<Vec<VideoSummary>, ActionError> {
-        records::videos(&self.database().await?, self.videos_dir().as_deref()).await
+        let (pool, store) = self.received_videos().await?;
+        videos::videos(&pool, &store).await
     }
 
-    async fn video_file(&self, id: Uuid) -> Result<std::path::PathBuf, ActionError> {
-        records::video_file(&self.database().await?, self.videos_dir().as_deref(), id).await
+    async fn video_file(&self, id: Uuid) -> Result<VideoFile, ActionError> {
+        let (pool, store) = self.received_videos().await?;
+        videos::video_file(&pool, &store, id).await
     }
 }

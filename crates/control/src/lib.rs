@@ -17,6 +17,7 @@ mod panel_client;
 mod records;
 mod render;
 pub mod telemetry;
+mod videos;
 mod watch;
 
 pub use apps::worker_settings;

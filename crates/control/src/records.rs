@@ -1,22 +1,20 @@
-//! What the panel reads from (and asks of) the lookit database: study builds, the email outbox and
-//! received videos. The API and the worker write these tables; this module only reads them,
-//! except for queueing and cancelling builds, which go through the same rules as the API's.
-
-use std::path::{Path, PathBuf};
+//! What the panel reads from (and asks of) the lookit database: study builds and the email outbox
+//! (received videos, which also need the video storage, are in `videos.rs`). The API and the
+//! worker write these tables; this module only reads them, except for queueing and cancelling
+//! builds, which go through the same rules as the API's.
 
 use chrono::{DateTime, Utc};
 use lookit_contracts::BuildStatus;
 use lookit_panel::{
     ActionError, BuildSummary, EmailHeader, EmailMessage, EmailSummary, NewBuild, StudySummary,
-    VideoSummary,
 };
 use sqlx::PgPool;
 use uuid::Uuid;
 
 /// Most rows one list shows; older ones stay in the database.
-const LIST_LIMIT: i64 = 200;
+pub(crate) const LIST_LIMIT: i64 = 200;
 
-fn database_error(e: sqlx::Error) -> ActionError {
+pub(crate) fn database_error(e: sqlx::Error) -> ActionError {
     ActionError::Failed(format!("the database: {e}"))
 }
 
@@ -261,106 +259,12 @@ fn extra_headers(value: &serde_json::Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Where the API keeps received videos on this machine: `<data>/videos/<full name>.mp4`.
-pub(crate) fn local_video_path(videos_dir: &Path, full_name: &str) -> Option<PathBuf> {
-    // Names were validated when recorded; refuse anything that could leave the folder anyway.
-    let safe = !full_name.is_empty()
-        && full_name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && !full_name.starts_with('.');
-    safe.then(|| videos_dir.join(format!("{full_name}.mp4")))
-}
-
-type VideoRow = (
-    Uuid,
-    String,
-    Uuid,
-    String,
-    Uuid,
-    String,
-    bool,
-    DateTime<Utc>,
-);
-
-/// Received videos, newest first, with their size when the file is stored on this machine
-/// (`videos_dir`: the local video folder; `None` when videos go to cloud storage).
-pub(crate) async fn videos(
-    pool: &PgPool,
-    videos_dir: Option<&Path>,
-) -> Result<Vec<VideoSummary>, ActionError> {
-    let rows: Vec<VideoRow> = sqlx::query_as(&format!(
-        "SELECT v.id, v.full_name, v.study_id, s.name, v.response_id, v.frame_id, \
-         v.is_consent_footage, v.s3_timestamp FROM videos v JOIN studies s ON s.id = v.study_id \
-         ORDER BY v.s3_timestamp DESC, v.pk DESC LIMIT {LIST_LIMIT}"
-    ))
-    .fetch_all(pool)
-    .await
-    .map_err(database_error)?;
-    let mut videos = Vec::with_capacity(rows.len());
-    for (id, file_name, study_id, study, response_id, frame_id, consent, recorded_at) in rows {
-        let size_bytes = match videos_dir.and_then(|dir| local_video_path(dir, &file_name)) {
-            Some(path) => tokio::fs::metadata(&path)
-                .await
-                .ok()
-                .filter(|m| m.is_file())
-                .map(|m| m.len()),
-            None => None,
-        };
-        videos.push(VideoSummary {
-            id,
-            file_name,
-            study_id,
-            study,
-            response_id,
-            frame_id,
-            consent,
-            recorded_at,
-            size_bytes,
-            stored_locally: size_bytes.is_some(),
-        });
-    }
-    Ok(videos)
-}
-
-/// The stored file of a received video, when it is on this machine.
-pub(crate) async fn video_file(
-    pool: &PgPool,
-    videos_dir: Option<&Path>,
-    id: Uuid,
-) -> Result<PathBuf, ActionError> {
-    let name: Option<String> = sqlx::query_scalar("SELECT full_name FROM videos WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await
-        .map_err(database_error)?;
-    let name = name.ok_or_else(|| ActionError::NotFound(format!("video {id}")))?;
-    match videos_dir.and_then(|dir| local_video_path(dir, &name)) {
-        Some(path) if tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()) => Ok(path),
-        _ => Err(ActionError::NotFound(format!(
-            "the file of video {name} on this machine (it may be kept in cloud storage)"
-        ))),
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn video_paths_never_leave_the_video_folder() {
-        let dir = Path::new("/data/videos");
-        assert_eq!(
-            local_video_path(dir, "videoStream_a_b-c_d_1_123"),
-            Some(dir.join("videoStream_a_b-c_d_1_123.mp4"))
-        );
-        for bad in ["", "../secrets", "a/b", ".hidden", "a b"] {
-            assert_eq!(local_video_path(dir, bad), None, "{bad:?}");
-        }
-    }
-
     /// A migrated database with the demo lab, study and response.
-    async fn demo_database() -> (
+    pub(crate) async fn demo_database() -> (
         lookit_testkit::TestDatabase,
         PgPool,
         lookit_api::demo::DemoIds,
@@ -466,54 +370,6 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(unknown, ActionError::Invalid(_)), "{unknown:?}");
-    }
-
-    #[tokio::test]
-    async fn a_received_video_is_listed_with_its_size_and_plays_from_the_video_folder() {
-        let (_database, pool, ids) = demo_database().await;
-        let folder = tempfile::tempdir().unwrap();
-        let name = format!(
-            "videoStream_{}_1-video-consent_{}_1700000000000_123",
-            ids.study, ids.response
-        );
-        let id = Uuid::new_v4();
-        sqlx::query(
-            "INSERT INTO videos (id, full_name, pipe_name, s3_timestamp, frame_id, study_id, response_id, is_consent_footage) \
-             VALUES ($1, $2, 'pipe-1', now(), '1-video-consent', $3, $4, true)",
-        )
-        .bind(id)
-        .bind(&name)
-        .bind(ids.study)
-        .bind(ids.response)
-        .execute(&pool)
-        .await
-        .unwrap();
-        // Recorded but not (yet) on this machine: listed, not playable.
-        let listed = videos(&pool, Some(folder.path())).await.unwrap();
-        assert_eq!(
-            (listed[0].stored_locally, listed[0].size_bytes),
-            (false, None)
-        );
-        assert!(matches!(
-            video_file(&pool, Some(folder.path()), id).await,
-            Err(ActionError::NotFound(_))
-        ));
-
-        std::fs::write(folder.path().join(format!("{name}.mp4")), b"0123456789").unwrap();
-        // With videos in cloud storage, a file that happens to be in the folder is not theirs.
-        let in_the_cloud = videos(&pool, None).await.unwrap();
-        assert_eq!(in_the_cloud[0].size_bytes, None);
-        let listed = videos(&pool, Some(folder.path())).await.unwrap();
-        assert_eq!(listed[0].study, "Demo study");
-        assert!(listed[0].consent);
-        assert_eq!(
-            (listed[0].stored_locally, listed[0].size_bytes),
-            (true, Some(10))
-        );
-        assert_eq!(
-            video_file(&pool, Some(folder.path()), id).await.unwrap(),
-            folder.path().join(format!("{name}.mp4"))
-        );
     }
 
     #[tokio::test]

@@ -3,10 +3,12 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::{Stream, StreamExt};
@@ -20,6 +22,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::byte_range::{self, Requested};
 use crate::control_plane::{
     BuildAction, BuildSummary, ControlPlane, DeadLetter, DeadLetterAction, EmailMessage,
     EmailSummary, InspectedRequest, NewBuild, PanelEvent, ServiceAction, ServiceName, StackAction,
@@ -250,42 +253,87 @@ async fn videos(State(state): State<ApiState>) -> Result<Json<Vec<VideoSummary>>
     Ok(Json(state.control.videos().await?))
 }
 
-/// The video file itself, streamed, for the Videos page's player. A `<video>` element cannot
-/// send headers, so like the event stream it carries the token in the query.
+/// `GET /api/videos/{id}/file?download`: the Download link asks for an attachment.
+#[derive(Deserialize)]
+struct VideoFileQuery {
+    download: Option<String>,
+}
+
+/// The video file itself, streamed from whichever store holds it, for the Videos page's player
+/// and its Download link. A `<video>` element cannot send headers, so like the event stream it
+/// carries the token in the query. A browser seeks with `Range`: one range is answered with 206
+/// and exactly those bytes, one outside the video with 416.
 async fn video_file(
     State(state): State<ApiState>,
     id: Result<Path<Uuid>, PathRejection>,
-) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
+    query: Result<Query<VideoFileQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let id = path_part(id, "video id")?;
-    let path = state.control.video_file(id).await?;
-    let file = tokio::fs::File::open(&path).await.map_err(|e| {
-        ApiError::Action(crate::ActionError::Failed(format!(
-            "open the video {}: {e}",
-            path.display()
-        )))
-    })?;
-    let length = file.metadata().await.map(|m| m.len()).ok();
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
-    let mut response = (
-        [(axum::http::header::CONTENT_TYPE, video_content_type(&path))],
-        body,
-    )
-        .into_response();
-    if let Some(length) = length {
-        response
-            .headers_mut()
-            .insert(axum::http::header::CONTENT_LENGTH, length.into());
+    let disposition = match query {
+        Ok(Query(VideoFileQuery { download: Some(_) })) => "attachment",
+        _ => "inline",
+    };
+    let video = state.control.video_file(id).await?;
+    let (status, range) = match byte_range::requested(headers.get(header::RANGE), video.size) {
+        Requested::Whole => (StatusCode::OK, 0..video.size),
+        Requested::Part(range) => (StatusCode::PARTIAL_CONTENT, range),
+        Requested::Unsatisfiable => {
+            return Err(ApiError::RangeNotSatisfiable { size: video.size });
+        }
+    };
+    let body = if range.is_empty() {
+        Body::empty()
+    } else {
+        Body::from_stream(video.content.read(range.clone()).await?)
+    };
+    let mut response = (status, body).into_response();
+    let response_headers = response.headers_mut();
+    let content_type = HeaderValue::from_str(&video.content_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    response_headers.insert(header::CONTENT_TYPE, content_type);
+    response_headers.insert(header::CONTENT_LENGTH, (range.end - range.start).into());
+    response_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    response_headers.insert(
+        header::CONTENT_DISPOSITION,
+        content_disposition(disposition, &video.file_name),
+    );
+    if status == StatusCode::PARTIAL_CONTENT {
+        let content_range = format!("bytes {}-{}/{}", range.start, range.end - 1, video.size);
+        response_headers.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&content_range).expect("digits, '-' and '/' only"),
+        );
     }
     Ok(response)
 }
 
-fn video_content_type(path: &std::path::Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("webm") => "video/webm",
-        Some("flv") => "video/x-flv",
-        _ => "video/mp4",
+/// `inline` or `attachment` with the file name: plain ASCII for every client (other characters
+/// become `_`), and the exact name in UTF-8 (RFC 6266) when it differs.
+fn content_disposition(disposition: &str, file_name: &str) -> HeaderValue {
+    let plain: String = file_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut value = format!("{disposition}; filename=\"{plain}\"");
+    if plain != file_name {
+        value.push_str("; filename*=UTF-8''");
+        for byte in file_name.bytes() {
+            // RFC 5987 attr-char as is, everything else percent-encoded.
+            if byte.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&byte) {
+                value.push(char::from(byte));
+            } else {
+                value.push_str(&format!("%{byte:02X}"));
+            }
+        }
     }
+    HeaderValue::from_str(&value).expect("ASCII letters, digits and punctuation only")
 }
 
 async fn build_log(

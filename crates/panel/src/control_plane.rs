@@ -5,9 +5,11 @@
 //! implementations that answer [`ActionError::NotAvailable`], so the UI can say "not available
 //! yet" instead of showing invented data.
 
-use std::path::PathBuf;
+use std::ops::Range;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
 use lookit_contracts::{BuildStatus, Queue};
 use lookit_status::{DoctorCheck, StatusReport};
 use serde::{Deserialize, Serialize};
@@ -124,11 +126,34 @@ pub trait ControlPlane: Send + Sync + 'static {
         Err(ActionError::NotAvailable("received videos".into()))
     }
 
-    /// Where a received video is stored on this machine, to play it.
-    async fn video_file(&self, _id: Uuid) -> Result<PathBuf, ActionError> {
+    /// A received video found in the store that holds it (a local folder, S3 or GCS), ready to
+    /// be sent whole or in part.
+    async fn video_file(&self, _id: Uuid) -> Result<VideoFile, ActionError> {
         Err(ActionError::NotAvailable("received videos".into()))
     }
 }
+
+/// A stored video the panel can send: its name, type and size, and a way to read any part of it.
+pub struct VideoFile {
+    /// The name to save it under, e.g. `videoStream_…_123.mp4`.
+    pub file_name: String,
+    /// Its `Content-Type`, e.g. `video/mp4`.
+    pub content_type: String,
+    /// Its size in bytes, as the store reports it.
+    pub size: u64,
+    pub content: Box<dyn VideoContent>,
+}
+
+/// The bytes of a stored video, read from its store when asked.
+#[async_trait::async_trait]
+pub trait VideoContent: Send + Sync {
+    /// The bytes `range` (non-empty, within the video's size) as they arrive from the store:
+    /// never the whole video in memory.
+    async fn read(self: Box<Self>, range: Range<u64>) -> Result<ByteStream, ActionError>;
+}
+
+/// Chunks of a video as its store delivers them; an error ends the response early.
+pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 
 /// Why the instance did not do what was asked. Each variant maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -149,6 +174,10 @@ pub enum ActionError {
     /// The instance tried and failed; the message says why.
     #[error("{0}")]
     Failed(String),
+    /// A store or server the instance relies on (e.g. the video storage) failed or did not
+    /// answer; the message names it.
+    #[error("{0}")]
+    Upstream(String),
 }
 
 /// A service name as it appears in URLs: lowercase letters, digits and `-`, at most 40 characters.
@@ -359,10 +388,25 @@ pub struct VideoSummary {
     pub consent: bool,
     /// When it was recorded (the storage timestamp Pipe or Lambda reported).
     pub recorded_at: DateTime<Utc>,
-    /// Size of the stored file; `None` when it is not stored on this machine.
+    /// Where the video is kept: a file path, or `s3://…`/`gs://…` for a bucket.
+    pub location: String,
+    /// Whether the store holds it, as far as the store said when listing.
+    pub stored: StoredState,
+    /// Size of the stored object, as the store reports it; `None` unless `stored` is
+    /// [`StoredState::Stored`].
     pub size_bytes: Option<u64>,
-    /// Whether [`ControlPlane::video_file`] can play it.
-    pub stored_locally: bool,
+}
+
+/// Whether a video's store holds its file: what decides if the Videos page offers to play it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoredState {
+    /// The store holds it; [`ControlPlane::video_file`] can send it.
+    Stored,
+    /// The store has no such object (not uploaded yet, or deleted).
+    Missing,
+    /// The store did not say in time or failed; playing it may still work.
+    Unknown,
 }
 
 /// A message in a dead-letter queue, with why it landed there.

@@ -10,6 +10,7 @@
 
 mod access;
 mod api;
+mod byte_range;
 mod control_plane;
 mod error;
 mod ui;
@@ -26,10 +27,11 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 pub use control_plane::{
-    ActionError, BuildAction, BuildSummary, ControlPlane, DeadLetter, DeadLetterAction,
+    ActionError, BuildAction, BuildSummary, ByteStream, ControlPlane, DeadLetter, DeadLetterAction,
     EmailHeader, EmailMessage, EmailSummary, HopOutcome, InspectedRequest, InvalidServiceName,
-    NewBuild, NotificationLevel, PanelEvent, ServiceAction, ServiceName, StackAction, StudySummary,
-    TunnelAction, TunnelCheck, TunnelHop, TunnelOptions, VideoSummary,
+    NewBuild, NotificationLevel, PanelEvent, ServiceAction, ServiceName, StackAction, StoredState,
+    StudySummary, TunnelAction, TunnelCheck, TunnelHop, TunnelOptions, VideoContent, VideoFile,
+    VideoSummary,
 };
 
 /// What the panel serves: the instance it controls and the token clients must present.

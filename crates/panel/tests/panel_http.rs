@@ -8,7 +8,7 @@ use futures::StreamExt;
 use lookit_panel::{
     ActionError, ControlPlane, EmailHeader, EmailMessage, EmailSummary, HopOutcome,
     NotificationLevel, PanelEvent, PanelState, ServiceAction, ServiceName, StackAction,
-    TunnelCheck, TunnelHop, VideoSummary,
+    StoredState, TunnelCheck, TunnelHop, VideoContent, VideoFile, VideoSummary,
 };
 use lookit_status::{ServiceState, ServiceStatus, StatusReport};
 use reqwest::StatusCode;
@@ -25,9 +25,10 @@ struct TestInstance {
     shutdown_requested: Mutex<Option<oneshot::Sender<()>>>,
     /// What the tunnel check answers; the tunnel starts closed.
     tunnel_check: Mutex<Result<TunnelCheck, ActionError>>,
-    /// One kept email and one received video (with its file), for the outbox and videos pages.
+    /// One kept email and one received video (its file is [`VIDEO`]), for the outbox and
+    /// videos pages.
     email: EmailMessage,
-    video: (VideoSummary, tempfile::TempDir),
+    video: VideoSummary,
 }
 
 impl TestInstance {
@@ -150,15 +151,24 @@ impl ControlPlane for TestInstance {
     }
 
     async fn videos(&self) -> Result<Vec<VideoSummary>, ActionError> {
-        Ok(vec![self.video.0.clone()])
+        Ok(vec![self.video.clone()])
     }
 
-    async fn video_file(&self, id: uuid::Uuid) -> Result<std::path::PathBuf, ActionError> {
-        if id == self.video.0.id {
-            Ok(self.video.1.path().join("video.mp4"))
-        } else {
-            Err(ActionError::NotFound(format!("video {id}")))
+    async fn video_file(&self, id: uuid::Uuid) -> Result<VideoFile, ActionError> {
+        if id == UNREACHABLE_VIDEO {
+            return Err(ActionError::Upstream(
+                "the video storage s3://lab-videos did not answer within 10 s".into(),
+            ));
         }
+        if id != self.video.id {
+            return Err(ActionError::NotFound(format!("video {id}")));
+        }
+        Ok(VideoFile {
+            file_name: format!("{}.mp4", self.video.file_name),
+            content_type: "video/mp4".into(),
+            size: VIDEO.len() as u64,
+            content: Box::new(StoredBytes(VIDEO)),
+        })
     }
 
     async fn shutdown(&self) {
@@ -190,13 +200,35 @@ fn kept_email() -> EmailMessage {
     }
 }
 
-/// A received video whose file is on disk (a few bytes stand in for the MP4).
-fn received_video() -> (VideoSummary, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("video.mp4"), b"not really an mp4").unwrap();
+/// The file of the received video: a few bytes stand in for the MP4.
+const VIDEO: &[u8] = b"not really an mp4";
+
+/// A video whose store does not answer.
+const UNREACHABLE_VIDEO: uuid::Uuid = uuid::Uuid::from_u128(0x5703e);
+
+/// A video's bytes in memory, handed out in 4-byte chunks as a store streams them.
+struct StoredBytes(&'static [u8]);
+
+#[async_trait::async_trait]
+impl VideoContent for StoredBytes {
+    async fn read(
+        self: Box<Self>,
+        range: std::ops::Range<u64>,
+    ) -> Result<lookit_panel::ByteStream, ActionError> {
+        let part = &self.0[range.start as usize..range.end as usize];
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = part
+            .chunks(4)
+            .map(|chunk| Ok(bytes::Bytes::from_static(chunk)))
+            .collect();
+        Ok(futures::stream::iter(chunks).boxed())
+    }
+}
+
+/// A received video, stored.
+fn received_video() -> VideoSummary {
     let study_id = uuid::Uuid::new_v4();
     let response_id = uuid::Uuid::new_v4();
-    let video = VideoSummary {
+    VideoSummary {
         id: uuid::Uuid::new_v4(),
         file_name: format!("videoStream_{study_id}_1-intro_{response_id}_1700000000000_123"),
         study_id,
@@ -205,10 +237,10 @@ fn received_video() -> (VideoSummary, tempfile::TempDir) {
         frame_id: "1-intro".into(),
         consent: false,
         recorded_at: chrono::Utc::now(),
-        size_bytes: Some(17),
-        stored_locally: true,
-    };
-    (video, dir)
+        location: "s3://lab-videos/pipe/video.mp4".into(),
+        stored: StoredState::Stored,
+        size_bytes: Some(VIDEO.len() as u64),
+    }
 }
 
 /// A panel on a free port; `shutdown_requested` resolves when a client asked it to stop.
@@ -709,8 +741,10 @@ async fn a_received_video_is_listed_and_plays_with_the_token_in_the_query() {
     assert_eq!(status, StatusCode::OK, "{list}");
     assert_eq!(list[0]["study"], "Demo study");
     assert_eq!(list[0]["size_bytes"], 17);
-    assert_eq!(list[0]["stored_locally"], true);
+    assert_eq!(list[0]["stored"], "stored");
+    assert_eq!(list[0]["location"], "s3://lab-videos/pipe/video.mp4");
     let id = list[0]["id"].as_str().unwrap();
+    let file_name = format!("{}.mp4", list[0]["file_name"].as_str().unwrap());
 
     // A <video> element sends no Authorization header: the query carries the token.
     let url = format!("{}/api/videos/{id}/file", panel.base);
@@ -721,11 +755,112 @@ async fn a_received_video_is_listed_and_plays_with_the_token_in_the_query() {
         .await
         .unwrap();
     assert_eq!(played.status(), StatusCode::OK);
-    assert_eq!(played.headers()["content-type"], "video/mp4");
-    assert_eq!(played.bytes().await.unwrap().as_ref(), b"not really an mp4");
+    let headers = played.headers().clone();
+    assert_eq!(headers["content-type"], "video/mp4");
+    assert_eq!(headers["content-length"], "17");
+    assert_eq!(headers["accept-ranges"], "bytes");
+    assert_eq!(
+        headers["content-disposition"],
+        format!("inline; filename=\"{file_name}\"").as_str()
+    );
+    assert_eq!(played.bytes().await.unwrap().as_ref(), VIDEO);
+    // The Download link asks for an attachment.
+    let downloaded = panel
+        .http
+        .get(format!("{url}?token={TOKEN}&download=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        downloaded.headers()["content-disposition"],
+        format!("attachment; filename=\"{file_name}\"").as_str()
+    );
     assert_eq!(
         panel.http.get(&url).send().await.unwrap().status(),
         StatusCode::UNAUTHORIZED
+    );
+    panel.stop().await;
+}
+
+#[tokio::test]
+async fn a_video_is_sent_in_the_parts_a_seeking_player_asks_for() {
+    let panel = start_panel().await;
+    let url = format!("/api/videos/{}/file", panel.instance.video.id);
+    let part = |range: &'static str| {
+        let request = panel.get(&url).header("Range", range);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let content_range = response
+                .headers()
+                .get("content-range")
+                .map(|v| v.to_str().unwrap().to_string());
+            let length = response.headers()["content-length"].clone();
+            let body = response.bytes().await.unwrap();
+            assert_eq!(length.to_str().unwrap(), body.len().to_string(), "{range}");
+            (status, content_range, body)
+        }
+    };
+    let (status, content_range, body) = part("bytes=4-9").await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(content_range.as_deref(), Some("bytes 4-9/17"));
+    assert_eq!(body.as_ref(), b"really");
+    // What a <video> element sends first: everything from the start, as a part.
+    let (status, content_range, body) = part("bytes=0-").await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(content_range.as_deref(), Some("bytes 0-16/17"));
+    assert_eq!(body.as_ref(), VIDEO);
+    let (_, content_range, body) = part("bytes=-3").await;
+    assert_eq!(content_range.as_deref(), Some("bytes 14-16/17"));
+    assert_eq!(body.as_ref(), b"mp4");
+    // Several ranges are not served as such: the whole video comes instead.
+    let (status, content_range, body) = part("bytes=0-1,4-5").await;
+    assert_eq!((status, content_range), (StatusCode::OK, None));
+    assert_eq!(body.as_ref(), VIDEO);
+
+    let beyond = panel
+        .get(&url)
+        .header("Range", "bytes=17-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beyond.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(beyond.headers()["content-range"], "bytes */17");
+    let (_, body) = json(beyond).await;
+    assert_eq!(body["code"], "range_not_satisfiable");
+    assert!(
+        body["error"].as_str().unwrap().contains("17 bytes"),
+        "{body}"
+    );
+    panel.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_video_is_a_404_and_an_unreachable_store_a_502_naming_it() {
+    let panel = start_panel().await;
+    let (status, body) = json(
+        panel
+            .get(&format!("/api/videos/{}/file", uuid::Uuid::new_v4()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["code"], "not_found");
+    let (status, body) = json(
+        panel
+            .get(&format!("/api/videos/{UNREACHABLE_VIDEO}/file"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["code"], "upstream");
+    assert!(
+        body["error"].as_str().unwrap().contains("s3://lab-videos"),
+        "{body}"
     );
     panel.stop().await;
 }

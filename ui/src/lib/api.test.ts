@@ -35,6 +35,7 @@ describe('PanelApi', () => {
     expect(calls[0].init?.body).toBe('{"study":"s1"}');
     expect((calls[0].init?.headers as Record<string, string>)['Content-Type']).toBe('application/json');
     expect(api.fileUrl('/videos/v1/file')).toBe('/api/videos/v1/file?token=t%20k');
+    expect(api.fileUrl('/videos/v1/file', { download: '1' })).toBe('/api/videos/v1/file?download=1&token=t%20k');
   });
 
   it("turns the panel's refusal into an error with its message", async () => {

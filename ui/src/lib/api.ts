@@ -39,10 +39,13 @@ export class PanelApi {
 
   /**
    * A URL that works without headers (a `<video>` source, a download link): the token goes in
-   * the query, as for the event stream.
+   * the query, as for the event stream, after the `query` given.
    */
-  fileUrl(path: string): string {
-    return `/api${path}?token=${encodeURIComponent(this.token)}`;
+  fileUrl(path: string, query: Record<string, string> = {}): string {
+    const params = Object.entries({ ...query, token: this.token }).map(
+      ([name, value]) => `${encodeURIComponent(name)}=${encodeURIComponent(value)}`,
+    );
+    return `/api${path}?${params.join('&')}`;
   }
 
   private async request<T>(method: string, path: string, body?: unknown): Promise<T> {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { availableViews, emailStatusText, framedHtml, recipientsText, subjectLine } from './outbox';
-import { frameLabel, shortId, unplayableReason } from './videos';
+import { frameLabel, shortId, sizeNote, unplayableReason } from './videos';
 import { isFinished, mergeLog } from './buildlog';
 import { PAGES, pageFromHash } from './routes';
 import type { EmailMessage, VideoSummary } from './types';
@@ -28,8 +28,9 @@ const video: VideoSummary = {
   frame_id: '1-video-consent',
   consent: true,
   recorded_at: '2026-01-01T00:00:00Z',
+  location: 's3://lab-videos/pipe/videoStream_x.mp4',
+  stored: 'missing',
   size_bytes: null,
-  stored_locally: false,
 };
 
 describe('the email outbox', () => {
@@ -61,8 +62,17 @@ describe('received videos', () => {
     expect(frameLabel(video)).toBe('1-video-consent (consent)');
     expect(frameLabel({ ...video, consent: false })).toBe('1-video-consent');
     expect(shortId(video.response_id)).toBe('01234567');
-    expect(unplayableReason(video)).toContain('Not stored');
-    expect(unplayableReason({ ...video, stored_locally: true, size_bytes: 10 })).toBeNull();
+    expect(unplayableReason(video)).toContain('Not in the video storage');
+    expect(unplayableReason(video)).toContain('s3://lab-videos/pipe/videoStream_x.mp4');
+    expect(unplayableReason({ ...video, stored: 'stored', size_bytes: 10 })).toBeNull();
+  });
+
+  it('plays a video whose storage did not answer when listing, and says why its size is missing', () => {
+    const unknown = { ...video, stored: 'unknown' as const };
+    expect(unplayableReason(unknown)).toBeNull();
+    expect(sizeNote(unknown)).toContain('did not answer');
+    expect(sizeNote(video)).toContain('No file');
+    expect(sizeNote({ ...video, stored: 'stored', size_bytes: 10 })).toBeNull();
   });
 });
 

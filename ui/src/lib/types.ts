@@ -109,10 +109,16 @@ export interface VideoSummary {
   frame_id: string;
   consent: boolean;
   recorded_at: string;
-  /** null when the file is not stored on this machine. */
+  /** Where the file is kept: a path, or `s3://…` / `gs://…`. */
+  location: string;
+  /** Whether the video storage holds the file, as far as it said when listing. */
+  stored: StoredState;
+  /** As the store reports it; null unless `stored` is `stored`. */
   size_bytes: number | null;
-  stored_locally: boolean;
 }
+
+/** `unknown`: the video storage did not answer in time when listing (playing may still work). */
+export type StoredState = 'stored' | 'missing' | 'unknown';
 
 export interface DeadLetter {
   id: string;

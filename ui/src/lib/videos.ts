@@ -12,7 +12,19 @@ export function shortId(id: string): string {
   return id.slice(0, 8);
 }
 
-/** Why a video cannot be played here, or null when it can. */
+/** Why a video cannot be played, or null when it can: the video storage does not have it. */
 export function unplayableReason(video: VideoSummary): string | null {
-  return video.stored_locally ? null : 'Not stored on this computer (kept in cloud storage or not uploaded yet).';
+  return video.stored === 'missing' ? `Not in the video storage (not uploaded yet, or deleted): ${video.location}` : null;
+}
+
+/** What the size column says when it shows no size, or null when it shows one. */
+export function sizeNote(video: VideoSummary): string | null {
+  switch (video.stored) {
+    case 'stored':
+      return null;
+    case 'missing':
+      return 'No file in the video storage';
+    case 'unknown':
+      return 'Size unknown: the video storage did not answer in time';
+  }
 }
