@@ -15,6 +15,7 @@
 
 mod location;
 mod s3_uploads;
+mod space;
 mod upload;
 
 use std::ops::Range;
@@ -29,6 +30,7 @@ use uuid::Uuid;
 
 pub use location::{GcsLocation, S3Location, StoreLocation, StoreLocations};
 pub use object_store;
+pub use space::is_out_of_space;
 pub use upload::{cache_control, content_type, output_files, Uploaded};
 
 /// Why a storage operation failed.
@@ -48,6 +50,12 @@ pub enum StorageError {
     },
     #[error("{key:?} is not a usable object name: {reason}")]
     BadKey { key: String, reason: String },
+    #[error("cannot publish {}: {source}", path.display())]
+    Publish {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read the files to upload in {}: {source:#}", path.display())]
     ReadOutput {
         path: PathBuf,
@@ -241,12 +249,6 @@ impl Storage {
             Kind::Folder(folder) => Path::new(folder).join(key.as_ref()).is_dir(),
             Kind::S3(_) | Kind::Gcs => false,
         }
-    }
-
-    /// Whether objects keep their Content-Type and Cache-Control (buckets do; a folder has
-    /// only file names).
-    fn keeps_attributes(&self) -> bool {
-        !matches!(self.kind, Kind::Folder(_))
     }
 }
 

@@ -1,9 +1,14 @@
 //! Uploading a build output folder (§2 stage 6), and the content types and cache policy of built
 //! study files, shared by the upload (object attributes) and the API (response headers).
 //!
-//! Invariant: a participant loading a study during an upload gets the old build or the new one,
-//! never a page of one with assets missing: every other file is in place before any
-//! `index.html`, and files of the previous build that the new one lacks are removed only after.
+//! Invariants: a participant loading a study during an upload gets the old build or the new one,
+//! never a page of one with assets missing, and an upload that fails (a full disk, a dropped
+//! connection) leaves the published build servable.
+//! - A folder gets the whole build at once: the files are copied into a hidden folder next to the
+//!   study's, the two trade places in one rename, and the previous build is removed after. A
+//!   failed copy removes the hidden folder; the published build was never touched.
+//! - A bucket cannot rename a prefix: every other file is in place before any `index.html`, and
+//!   files of the previous build that the new one lacks are removed only after.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -13,7 +18,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as Key;
 use object_store::{Attribute, Attributes, ObjectStoreExt, PutOptions, PutPayload};
 
-use crate::{Storage, StorageError};
+use crate::{Kind, Storage, StorageError};
 
 /// Files uploaded at once: enough to hide a bucket's per-request latency, few enough for a
 /// 2-core machine and a home uplink.
@@ -76,9 +81,9 @@ pub fn output_files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 impl Storage {
-    /// Uploads every file of `folder` below `to`, files in parallel, each with its content type
-    /// and cache policy where the place keeps them; then removes what an earlier upload left
-    /// under `to` that this one does not have.
+    /// Uploads every file of `folder` below `to`, replacing what an earlier upload put there:
+    /// into a folder as one swap, into a bucket file by file in parallel, each with its content
+    /// type and cache policy (see the module's invariants).
     pub async fn upload_folder(&self, folder: &Path, to: &Key) -> Result<Uploaded, StorageError> {
         let read_error = |source: anyhow::Error| StorageError::ReadOutput {
             path: folder.to_path_buf(),
@@ -93,13 +98,40 @@ impl Storage {
                 .map_err(read_error)?
         };
         let mut keys = Vec::with_capacity(files.len());
-        for file in &files {
+        for file in files {
             let relative = file.to_str().ok_or_else(|| StorageError::BadKey {
                 key: file.display().to_string(),
                 reason: "the name is not UTF-8".into(),
             })?;
-            keys.push((file, crate::below(to, relative)?));
+            let key = crate::below(to, relative)?;
+            keys.push((file, key));
         }
+        let removed = match &self.kind {
+            Kind::Folder(root) => {
+                let files: Vec<PathBuf> = keys.iter().map(|(file, _)| file.clone()).collect();
+                let (source, target) = (folder.to_path_buf(), root.join(to.as_ref()));
+                tokio::task::spawn_blocking(move || swap_in(&source, &files, &target))
+                    .await
+                    .context("the copying task failed")
+                    .map_err(read_error)??
+            }
+            Kind::S3(_) | Kind::Gcs => self.upload_in_place(folder, &keys, to).await?,
+        };
+        Ok(Uploaded {
+            files: keys.len(),
+            removed,
+            location: self.location_of(to),
+        })
+    }
+
+    /// A bucket's upload: the files in parallel, every `index.html` last, then the previous
+    /// build's leftovers removed. Returns how many were removed.
+    async fn upload_in_place(
+        &self,
+        folder: &Path,
+        keys: &[(PathBuf, Key)],
+        to: &Key,
+    ) -> Result<usize, StorageError> {
         let (entry_points, assets): (Vec<_>, Vec<_>) = keys
             .iter()
             .partition(|(file, _)| file.file_name().is_some_and(|name| name == ENTRY_POINT));
@@ -144,13 +176,10 @@ impl Storage {
             .buffer_unordered(PARALLEL_UPLOADS)
             .try_collect::<Vec<()>>()
             .await?;
-        Ok(Uploaded {
-            files: keys.len(),
-            removed,
-            location: self.location_of(to),
-        })
+        Ok(removed)
     }
 
+    /// One file into a bucket, with the type and cache policy the bucket hands out with it.
     async fn upload_file(&self, file: PathBuf, key: Key) -> Result<(), StorageError> {
         let bytes = tokio::fs::read(&file)
             .await
@@ -160,10 +189,8 @@ impl Storage {
                 source,
             })?;
         let mut attributes = Attributes::new();
-        if self.keeps_attributes() {
-            attributes.insert(Attribute::ContentType, content_type(key.as_ref()).into());
-            attributes.insert(Attribute::CacheControl, cache_control(key.as_ref()).into());
-        }
+        attributes.insert(Attribute::ContentType, content_type(key.as_ref()).into());
+        attributes.insert(Attribute::CacheControl, cache_control(key.as_ref()).into());
         let options = PutOptions {
             attributes,
             ..PutOptions::default()
@@ -177,6 +204,95 @@ impl Storage {
                 location: self.location_of(&key),
                 source,
             })
+    }
+}
+
+/// Copies `files` (relative to `source`) into a hidden folder next to `target`, puts that folder
+/// in `target`'s place and removes the previous build. Returns how many files of the previous
+/// build the new one lacks. On failure `target` is as it was and the hidden folder is gone.
+/// Blocking.
+fn swap_in(source: &Path, files: &[PathBuf], target: &Path) -> Result<usize, StorageError> {
+    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+        unreachable!("a study's folder is a folder below the store's");
+    };
+    // Hidden and not a study id: never served, whatever it holds.
+    let staging = parent.join(format!(
+        ".{}.publishing-{}",
+        name.to_string_lossy(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    if let Err(error) = copy_files(source, files, &staging, target) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(error);
+    }
+    let replaced = exchange(&staging, target).map_err(|source| {
+        let _ = std::fs::remove_dir_all(&staging);
+        StorageError::Publish {
+            path: target.to_path_buf(),
+            source,
+        }
+    })?;
+    if !replaced {
+        return Ok(0);
+    }
+    // `staging` now holds the previous build.
+    let kept: HashSet<&PathBuf> = files.iter().collect();
+    let removed = output_files(&staging)
+        .unwrap_or_default()
+        .iter()
+        .filter(|file| !kept.contains(file))
+        .count();
+    if let Err(error) = std::fs::remove_dir_all(&staging) {
+        tracing::warn!(path = %staging.display(), %error, "could not remove the previous build");
+    }
+    Ok(removed)
+}
+
+/// Copies `files` from `source` into `staging`; an error names the file as it would have been
+/// published under `target`. Blocking.
+fn copy_files(
+    source: &Path,
+    files: &[PathBuf],
+    staging: &Path,
+    target: &Path,
+) -> Result<(), StorageError> {
+    let failed = |file: &Path| {
+        let path = target.join(file);
+        move |source| StorageError::Publish { path, source }
+    };
+    std::fs::create_dir_all(staging).map_err(failed(Path::new("")))?;
+    for file in files {
+        let copy = staging.join(file);
+        if let Some(dir) = copy.parent() {
+            std::fs::create_dir_all(dir).map_err(failed(file))?;
+        }
+        std::fs::copy(source.join(file), &copy).map_err(failed(file))?;
+    }
+    Ok(())
+}
+
+/// Puts `staging` in `target`'s place. `true`: `staging` now holds what `target` held; `false`:
+/// there was no `target`. Blocking.
+fn exchange(staging: &Path, target: &Path) -> std::io::Result<bool> {
+    use nix::errno::Errno;
+    use nix::fcntl::{renameat2, RenameFlags};
+    match renameat2(None, staging, None, target, RenameFlags::RENAME_EXCHANGE) {
+        Ok(()) => Ok(true),
+        Err(Errno::ENOENT) => std::fs::rename(staging, target).map(|()| false),
+        // A filesystem without an atomic exchange (NFS): the previous build steps aside first,
+        // so for a moment the study is missing (a 404 that a reload fixes), never half built.
+        Err(Errno::EINVAL) => {
+            let mut aside = staging.as_os_str().to_owned();
+            aside.push(".previous");
+            std::fs::rename(target, &aside)?;
+            if let Err(error) = std::fs::rename(staging, target) {
+                let _ = std::fs::rename(&aside, target);
+                return Err(error);
+            }
+            std::fs::rename(&aside, staging)?;
+            Ok(true)
+        }
+        Err(errno) => Err(errno.into()),
     }
 }
 
@@ -201,5 +317,48 @@ mod tests {
         );
         assert_eq!(cache_control("assets/vendor.js"), "public, max-age=300");
         assert_eq!(cache_control("robots.txt"), "public, max-age=300");
+    }
+
+    #[tokio::test]
+    async fn a_folder_gets_the_new_build_whole_and_nothing_of_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::folder(dir.path().join("published")).unwrap();
+        let study = crate::study_prefix(uuid::Uuid::new_v4());
+        let output = |files: &[(&str, &str)]| {
+            let output = tempfile::tempdir().unwrap();
+            for (name, contents) in files {
+                let path = output.path().join(name);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, contents).unwrap();
+            }
+            output
+        };
+        let first = output(&[("index.html", "first"), ("assets/first.js", "1")]);
+        let uploaded = storage.upload_folder(first.path(), &study).await.unwrap();
+        assert_eq!((uploaded.files, uploaded.removed), (2, 0));
+        let second = output(&[("index.html", "second"), ("assets/second.js", "2")]);
+        let uploaded = storage.upload_folder(second.path(), &study).await.unwrap();
+        assert_eq!((uploaded.files, uploaded.removed), (2, 1));
+
+        let published = Path::new(&uploaded.location);
+        let mut files = output_files(published).unwrap();
+        files.sort();
+        assert_eq!(
+            files,
+            [Path::new("assets/second.js"), Path::new("index.html")]
+        );
+        assert_eq!(
+            std::fs::read_to_string(published.join("index.html")).unwrap(),
+            "second"
+        );
+        let beside: Vec<_> = std::fs::read_dir(published.parent().unwrap())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            beside,
+            [published.file_name().unwrap()],
+            "no staging folder left"
+        );
     }
 }
