@@ -32,6 +32,10 @@ pub enum ApiError {
     Rejected { status: StatusCode, detail: String },
     #[error("{0}")]
     Unavailable(String),
+    /// The disk that had to take the request's data is full; the detail says which store (never
+    /// a path of this machine: callers include Pipe) and that a retry works once there is room.
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -47,6 +51,7 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Rejected { status, .. } => *status,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

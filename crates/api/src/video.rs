@@ -203,7 +203,8 @@ fn pipe_signature(key: &[u8], message: &str) -> Vec<u8> {
                  description = "field payload: Pipe's video_copied_s3 event as JSON"),
     responses((status = 200, description = "`<old name> --> <new name>`"),
               (status = 400, description = "missing header or field, unparsable name, unknown study or response"),
-              (status = 403, description = "bad signature, upload not successful, or empty payload")))]
+              (status = 403, description = "bad signature, upload not successful, or empty payload"),
+              (status = 507, description = "the video storage is full: nothing recorded, the video keeps Pipe's name; call again later")))]
 async fn pipe_rename(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -258,7 +259,8 @@ async fn pipe_rename(
     let old_name = data.video_name;
     let new_name = data.payload;
     // The row first, in a transaction committed only once the object is renamed: a request
-    // refused for its study, response or a duplicate leaves the storage untouched.
+    // refused for its study, response or a duplicate leaves the storage untouched, and a rename
+    // refused (a full disk) stores no row. Either way Pipe's retry finds the video as it left it.
     let mut tx = state.pool().begin().await?;
     insert_video(
         &mut tx,
@@ -275,11 +277,20 @@ async fn pipe_rename(
     )
     .await?;
     rename_stored_video(&state, &old_name, &new_name).await?;
-    tx.commit().await?;
+    if let Err(error) = tx.commit().await {
+        // No row for the video: it goes back under Pipe's name, where Pipe's retry looks for it.
+        if let Err(undo) = rename_stored_video(&state, &new_name, &old_name).await {
+            tracing::error!(video = %new_name, error = %undo,
+                "the video of a registration that failed keeps its new name without a row");
+        }
+        return Err(error.into());
+    }
+    delete_snapshot(&state, &old_name).await;
     Ok((StatusCode::OK, format!("{old_name} --> {new_name}")).into_response())
 }
 
-/// `<old>.mp4` → `<new>.mp4`, and Pipe's `<old>.jpg` snapshot deleted (it may be absent).
+/// `<old>.mp4` → `<new>.mp4` in the video store. A full disk (a directory that cannot grow) is a
+/// 507 that leaves the video under its old name.
 async fn rename_stored_video(state: &ApiState, old: &str, new: &str) -> ApiResult<()> {
     let store = state.settings().videos.store();
     let part = lookit_storage::video_object;
@@ -288,21 +299,32 @@ async fn rename_stored_video(state: &ApiState, old: &str, new: &str) -> ApiResul
     let to = part(new, "mp4")
         .map_err(|_| ApiError::bad_request("payload is not a valid object name"))?;
     match store.rename(&from, &to).await {
-        Ok(()) => {}
-        Err(lookit_storage::object_store::Error::NotFound { .. }) => {
-            return Err(ApiError::bad_request(format!(
-                "the video {old}.mp4 is not in the video storage"
+        Ok(()) => Ok(()),
+        Err(lookit_storage::object_store::Error::NotFound { .. }) => Err(ApiError::bad_request(
+            format!("the video {old}.mp4 is not in the video storage"),
+        )),
+        Err(e) if lookit_storage::is_out_of_space(&e) => {
+            // The path is for the log; the answer goes to Pipe, outside this machine.
+            tracing::warn!(error = %e, "the video storage is full");
+            Err(ApiError::InsufficientStorage(format!(
+                "the video storage is full: {old}.mp4 keeps its name and nothing was recorded; \
+                 call again once there is room"
             )))
         }
-        Err(e) => return Err(anyhow::Error::new(e).context("rename the video").into()),
+        Err(e) => Err(anyhow::Error::new(e).context("rename the video").into()),
     }
-    if let Ok(snapshot) = part(old, "jpg") {
-        match store.delete(&snapshot).await {
-            Ok(()) | Err(lookit_storage::object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(anyhow::Error::new(e).context("delete the snapshot").into()),
-        }
+}
+
+/// Deletes Pipe's `<old>.jpg` snapshot (it may be absent), which nothing uses once the video is
+/// registered: a failure only leaves it behind, so it is logged, not answered.
+async fn delete_snapshot(state: &ApiState, old: &str) {
+    let Ok(snapshot) = lookit_storage::video_object(old, "jpg") else {
+        return;
+    };
+    match state.settings().videos.store().delete(&snapshot).await {
+        Ok(()) | Err(lookit_storage::object_store::Error::NotFound { .. }) => {}
+        Err(error) => tracing::warn!(%error, "could not delete Pipe's snapshot {old}.jpg"),
     }
-    Ok(())
 }
 
 /// The Lambda's body; `attributes` kept raw because the signature is over its bytes.

@@ -2,27 +2,11 @@
 
 mod common;
 
-use base64::Engine;
 use common::*;
 use hmac::{Hmac, Mac};
 use lookit_storage::object_store::ObjectStoreExt;
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-fn pipe_signature(url: &str, payload: &str) -> String {
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(PIPE_KEY.as_bytes()).unwrap();
-    mac.update(format!("{url}{payload}").as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-}
-
-fn pipe_payload(video_name: &str, payload: &str, status: &str) -> String {
-    json!({"version": "1.0", "event": "video_copied_s3", "data": {
-        "s3UploadStatus": status, "videoName": video_name, "type": "MP4", "size": 493534,
-        "id": "123", "url": "https://s3/x.mp4", "snapshotUrl": "https://s3/x.jpg",
-        "bucket": "bucket", "region": "us-east-1", "acl": "public-read", "payload": payload,
-    }})
-    .to_string()
-}
 
 struct Fixture {
     app: TestApp,

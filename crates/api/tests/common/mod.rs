@@ -122,6 +122,25 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     }
 }
 
+/// Pipe's `X-Pipe-Signature` for `payload` sent to `url` (the public URL Pipe called).
+pub fn pipe_signature(url: &str, payload: &str) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(PIPE_KEY.as_bytes()).unwrap();
+    mac.update(format!("{url}{payload}").as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Pipe's `video_copied_s3` event: the video `video_name` is to be called `payload`.
+pub fn pipe_payload(video_name: &str, payload: &str, status: &str) -> String {
+    json!({"version": "1.0", "event": "video_copied_s3", "data": {
+        "s3UploadStatus": status, "videoName": video_name, "type": "MP4", "size": 493534,
+        "id": "123", "url": "https://s3/x.mp4", "snapshotUrl": "https://s3/x.jpg",
+        "bucket": "bucket", "region": "us-east-1", "acl": "public-read", "payload": payload,
+    }})
+    .to_string()
+}
+
 /// A logged-in browser session: the cookie and its CSRF token.
 #[derive(Clone, Debug)]
 pub struct Session {
