@@ -10,6 +10,10 @@
 //! - A failing builder fails the build at once (no retry: it would fail the same way); trouble
 //!   around it (Docker daemon, network, database) is retried through the broker, and only the
 //!   final failure writes the study log entry and the notice (Lookit's issue #506).
+//! - A full disk fails the build at once too, with a reason that says so: it stays full until
+//!   someone frees space. Nothing half written stays (checkouts and publishing go through
+//!   hidden folders removed on failure; a deployment folder goes whatever the outcome), and the
+//!   published build is untouched.
 //! - The worker changes a build's row only while it is `running` (or `queued`, to start it), so
 //!   a user's cancel ([`crate::cancel`]) is never overwritten: a build found cancelled is stopped
 //!   (builder container killed and removed), never published, and its job is acknowledged.
@@ -41,6 +45,10 @@ pub const BUILD_NOTIFY_CHANNEL: &str = "lookit_build";
 
 /// Lines of the log quoted in a failure notice and study log entry.
 const LOG_TAIL_LINES: usize = 30;
+
+/// What a builder prints when a write failed for lack of space: the C library's words for
+/// ENOSPC, which Node's `ENOSPC: no space left on device` contains too (compared in lower case).
+const NO_SPACE_MESSAGE: &str = "no space left on device";
 
 /// Stages of §2, as recorded in `builds.stage`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -74,6 +82,43 @@ enum StageError {
     /// Stopped on request: the worker shuts down, or the user cancelled the build (the row says
     /// which).
     Stopped,
+}
+
+impl StageError {
+    /// Trouble that is a full disk fails the build: a retry would fail the same way until
+    /// someone frees space, so the reason says that instead.
+    fn failing_when_out_of_space(self) -> StageError {
+        match self {
+            StageError::Trouble(stage, error)
+                if lookit_storage::is_out_of_space(error.as_ref()) =>
+            {
+                StageError::Failed(
+                    stage,
+                    format!(
+                        "the disk is full: {}; free some space, then build again",
+                        said_once(&error)
+                    ),
+                )
+            }
+            other => other,
+        }
+    }
+}
+
+/// The error and its causes, each said once: a cause whose words the error before it already
+/// contains is left out (many errors repeat their source in their own message).
+fn said_once(error: &anyhow::Error) -> String {
+    let mut said = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !said.contains(&text) {
+            if !said.is_empty() {
+                said.push_str(": ");
+            }
+            said.push_str(&text);
+        }
+    }
+    said
 }
 
 /// A successful run of the stages.
@@ -142,7 +187,10 @@ impl JobHandler for BuildHandler {
             stop.clone(),
         ));
         let (lines, log_writer) = self.log_writer(build.id);
-        let result = self.run_stages(&build, &lines, &stop).await;
+        let result = self
+            .run_stages(&build, &lines, &stop)
+            .await
+            .map_err(StageError::failing_when_out_of_space);
         cancel_listener.abort();
         drop(lines);
         // Every line is in the database before the build's status says it is over.
@@ -350,7 +398,8 @@ impl BuildHandler {
     }
 
     /// Runs the builder into a fresh deployment folder and moves a good result into the output
-    /// cache at `output`.
+    /// cache at `output`. The deployment folder is removed whatever the outcome: a failed
+    /// build's half output would only take space (and a full disk is one way to fail).
     async fn run_builder(
         &self,
         build: &BuildRow,
@@ -359,16 +408,34 @@ impl BuildHandler {
         log: &mpsc::UnboundedSender<String>,
         cancel: &CancellationToken,
     ) -> Result<(), StageError> {
-        let settings = &self.settings;
-        let trouble = |e: anyhow::Error| StageError::Trouble(BuildStage::Build, e);
-        let deployment = settings.deployments_dir().join(build.id.to_string());
-        let cache = settings.builds_dir.join("cache");
+        let deployment = self.settings.deployments_dir().join(build.id.to_string());
         if deployment.exists() {
             tokio::fs::remove_dir_all(&deployment)
                 .await
-                .map_err(|e| trouble(e.into()))?;
+                .map_err(|e| StageError::Trouble(BuildStage::Build, e.into()))?;
         }
-        for dir in [&deployment, &cache, &settings.outputs_dir()] {
+        let result = self
+            .build_in(&deployment, build, env, output, log, cancel)
+            .await;
+        let _ = tokio::fs::remove_dir_all(&deployment).await;
+        result
+    }
+
+    /// [`Self::run_builder`] in its deployment folder.
+    async fn build_in(
+        &self,
+        deployment: &Path,
+        build: &BuildRow,
+        env: Vec<(String, String)>,
+        output: &Path,
+        log: &mpsc::UnboundedSender<String>,
+        cancel: &CancellationToken,
+    ) -> Result<(), StageError> {
+        let settings = &self.settings;
+        let trouble = |e: anyhow::Error| StageError::Trouble(BuildStage::Build, e);
+        let cache = settings.builds_dir.join("cache");
+        let outputs = settings.outputs_dir();
+        for dir in [deployment, cache.as_path(), outputs.as_path()] {
             tokio::fs::create_dir_all(dir)
                 .await
                 .with_context(|| format!("create {}", dir.display()))
@@ -385,13 +452,31 @@ impl BuildHandler {
             ],
             time_limit: settings.build_time_limit,
         };
-        let exit = run
-            .run(&self.docker, log.clone(), cancel)
-            .await
-            .map_err(trouble)?;
+        // The builder's lines go to the log through here, watched for a full disk.
+        let (lines, mut builder_lines) = mpsc::unbounded_channel::<String>();
+        let watcher = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut out_of_space = false;
+                while let Some(line) = builder_lines.recv().await {
+                    out_of_space |= line.to_ascii_lowercase().contains(NO_SPACE_MESSAGE);
+                    let _ = log.send(line);
+                }
+                out_of_space
+            })
+        };
+        let exit = run.run(&self.docker, lines, cancel).await;
+        let out_of_space = watcher.await.unwrap_or(false);
+        let exit = exit.map_err(trouble)?;
         let failed = |message: String| Err(StageError::Failed(BuildStage::Build, message));
         match exit {
             BuilderExit::Exited(0) => {}
+            BuilderExit::Exited(code) if out_of_space => {
+                return failed(format!(
+                    "the builder exited with code {code}: the disk is full (\"No space left on \
+                     device\" in the log); free some space, then build again"
+                ))
+            }
             BuilderExit::Exited(code) => {
                 return failed(format!("the builder exited with code {code}"))
             }
@@ -422,7 +507,6 @@ impl BuildHandler {
             .await
             .with_context(|| format!("move the output to {}", output.display()))
             .map_err(trouble)?;
-        let _ = tokio::fs::remove_dir_all(&deployment).await;
         Ok(())
     }
 
@@ -749,5 +833,20 @@ mod tests {
     fn the_log_tail_keeps_the_last_lines() {
         assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
         assert_eq!(tail("a", 5), "a");
+    }
+
+    #[test]
+    fn a_cause_its_error_already_says_is_said_once() {
+        let full = || std::io::Error::from_raw_os_error(28);
+        let repeating = anyhow::Error::new(full()).context(format!("cannot publish x: {}", full()));
+        assert_eq!(
+            said_once(&repeating),
+            "cannot publish x: No space left on device (os error 28)"
+        );
+        let plain = anyhow::Error::new(full()).context("create /builds/checkouts/.staging");
+        assert_eq!(
+            said_once(&plain),
+            "create /builds/checkouts/.staging: No space left on device (os error 28)"
+        );
     }
 }

@@ -114,7 +114,9 @@ impl PlayerSource {
             .await
             .with_context(|| format!("create {}", checkouts.display()))?;
         let staging = checkouts.join(format!(".staging-{}", uuid::Uuid::new_v4().simple()));
-        tokio::fs::create_dir_all(&staging).await?;
+        tokio::fs::create_dir_all(&staging)
+            .await
+            .with_context(|| format!("create {}", staging.display()))?;
         let filled = self.fill(&staging, sha).await;
         let result = match filled {
             Ok(()) => match tokio::fs::rename(&staging, &target).await {
@@ -266,10 +268,16 @@ fn copy_tree(source: &Path, target: &Path) -> anyhow::Result<()> {
         let entry = entry.with_context(|| format!("read {}", source.display()))?;
         let destination = target.join(entry.path().strip_prefix(source)?);
         if entry.file_type().is_dir() {
-            std::fs::create_dir_all(&destination)?;
+            std::fs::create_dir_all(&destination)
+                .with_context(|| format!("create {}", destination.display()))?;
         } else if entry.file_type().is_file() {
-            std::fs::copy(entry.path(), &destination)
-                .with_context(|| format!("copy {}", entry.path().display()))?;
+            std::fs::copy(entry.path(), &destination).with_context(|| {
+                format!(
+                    "copy {} to {}",
+                    entry.path().display(),
+                    destination.display()
+                )
+            })?;
         }
     }
     Ok(())

@@ -4,6 +4,8 @@
 #   FAIL_BUILD      exit 1 after some output (a failing `ember build`)
 #   WAIT_FOR_FILE   wait until the file named inside it appears in the checkout (lets a test
 #                   act while a build is surely running)
+#   public/         copied into the output as it is, as ember-cli does (lets a test make an
+#                   output of any size)
 set -euo pipefail
 
 : "${CHECKOUT_DIR:?CHECKOUT_DIR is not set}"
@@ -25,6 +27,9 @@ if [ -f "$CHECKOUT_DIR/FAIL_BUILD" ]; then
 fi
 
 mkdir -p "$STUDY_OUTPUT_DIR/assets"
+if [ -d "$CHECKOUT_DIR/public" ]; then
+  cp -R "$CHECKOUT_DIR/public/." "$STUDY_OUTPUT_DIR/"
+fi
 printf 'console.log("frameplayer %s");\n' "$(basename "$CHECKOUT_DIR")" >"$STUDY_OUTPUT_DIR/assets/frameplayer.js"
 cat >"$STUDY_OUTPUT_DIR/index.html" <<HTML
 <!DOCTYPE html>

@@ -103,13 +103,15 @@ impl Fixture {
         settings
     }
 
-    /// A frameplayer folder with the given files.
+    /// A frameplayer folder with the given files (paths relative to it).
     pub fn player(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
         let dir = self.dir.path().join(name);
         std::fs::create_dir_all(dir.join("app")).unwrap();
         std::fs::write(dir.join("app/app.js"), format!("// player {name}")).unwrap();
         for (file, contents) in files {
-            std::fs::write(dir.join(file), contents).unwrap();
+            let path = dir.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, contents).unwrap();
         }
         dir
     }
