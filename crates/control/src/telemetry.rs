@@ -1,10 +1,17 @@
 //! Logging: readable lines on stderr and JSON lines in a daily-rotated file under the data home.
+//!
+//! Invariant: the log file never stops the app. It is written on a thread of its own (lines
+//! beyond a full queue are dropped, never waited for); when it cannot be written (a full disk)
+//! that is said once on stderr, its lines are dropped until it can, and then that is said once
+//! too; a log folder that cannot be opened at all leaves the app logging to stderr only.
 
-use std::io::IsTerminal;
-use std::path::Path;
+use std::borrow::Cow;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
+use tracing_appender::rolling::RollingFileAppender;
 use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
 
 use lookit_config::LogConfig;
@@ -18,16 +25,7 @@ pub struct LogGuard {
 /// Installs the global subscriber. The level comes from `RUST_LOG` when set, else `log.level`.
 /// `file_name` distinguishes processes sharing a home (`lookit-local`, `desktop`, `worker`).
 pub fn init(config: &LogConfig, logs_dir: &Path, file_name: &str) -> anyhow::Result<LogGuard> {
-    std::fs::create_dir_all(logs_dir)
-        .with_context(|| format!("create the log folder {}", logs_dir.display()))?;
-    let appender = tracing_appender::rolling::Builder::new()
-        .rotation(tracing_appender::rolling::Rotation::DAILY)
-        .filename_prefix(file_name)
-        .filename_suffix("jsonl")
-        .max_log_files(config.keep_files.max(1))
-        .build(logs_dir)
-        .with_context(|| format!("open a log file in {}", logs_dir.display()))?;
-    let (writer, guard) = tracing_appender::non_blocking(appender);
+    let (writer, guard) = log_file(config, logs_dir, file_name, std::io::stderr());
     let filter = match std::env::var("RUST_LOG") {
         Ok(value) if !value.is_empty() => EnvFilter::try_new(&value)
             .with_context(|| format!("RUST_LOG={value:?} is not a valid filter"))?,
@@ -45,6 +43,123 @@ pub fn init(config: &LogConfig, logs_dir: &Path, file_name: &str) -> anyhow::Res
         .try_init()
         .context("install the logger")?;
     Ok(LogGuard { _file: guard })
+}
+
+/// The writer of the JSON log file `<logs_dir>/<file_name>.<date>.jsonl` (daily, the last
+/// `log.keep_files` kept), on a thread of its own. Trouble with the file is reported on
+/// `problems` (stderr in the app) when it starts and when it ends, never per line.
+pub fn log_file(
+    config: &LogConfig,
+    logs_dir: &Path,
+    file_name: &str,
+    mut problems: impl Write + Send + 'static,
+) -> (NonBlocking, WorkerGuard) {
+    let opened = std::fs::create_dir_all(logs_dir)
+        .with_context(|| format!("create the log folder {}", logs_dir.display()))
+        .and_then(|()| {
+            tracing_appender::rolling::Builder::new()
+                .rotation(tracing_appender::rolling::Rotation::DAILY)
+                .filename_prefix(file_name)
+                .filename_suffix("jsonl")
+                .max_log_files(config.keep_files.max(1))
+                .build(logs_dir)
+                .with_context(|| format!("open a log file in {}", logs_dir.display()))
+        });
+    let file = match opened {
+        Ok(file) => Some(file),
+        Err(error) => {
+            let _ = writeln!(problems, "lookit-local: {error:#}; logging to stderr only");
+            None
+        }
+    };
+    tracing_appender::non_blocking(LogFile {
+        file,
+        dir: logs_dir.to_path_buf(),
+        problems,
+        lost: None,
+        torn: false,
+    })
+}
+
+/// The log file as its writer thread sees it.
+struct LogFile<P> {
+    /// `None`: the folder could not be opened (already reported).
+    file: Option<RollingFileAppender>,
+    dir: PathBuf,
+    problems: P,
+    /// Lines dropped since writing started failing; `None` while it works.
+    lost: Option<u64>,
+    /// The file ends in part of a line (a write cut short by a full disk): the next line starts
+    /// on a line of its own, so every line after it is whole JSON again.
+    torn: bool,
+}
+
+impl<P: Write> Write for LogFile<P> {
+    /// Takes one formatted line; never fails, so the writer thread goes on with the next.
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(line.len());
+        };
+        let separator = usize::from(self.torn);
+        let bytes: Cow<[u8]> = if self.torn {
+            Cow::Owned([&b"\n"[..], line].concat())
+        } else {
+            Cow::Borrowed(line)
+        };
+        match write_counting(file, &bytes) {
+            Ok(()) => {
+                self.torn = false;
+                if let Some(lost) = self.lost.take() {
+                    let _ = writeln!(
+                        self.problems,
+                        "lookit-local: the log file in {} is written again ({lost} lines were \
+                         lost meanwhile; stderr had them)",
+                        self.dir.display()
+                    );
+                }
+            }
+            Err((written, error)) => {
+                if written > 0 {
+                    self.torn = written > separator;
+                }
+                match &mut self.lost {
+                    Some(lost) => *lost += 1,
+                    None => {
+                        self.lost = Some(1);
+                        let _ = writeln!(
+                            self.problems,
+                            "lookit-local: cannot write the log file in {}: {error}; its lines \
+                             are dropped until it can be written (stderr still has them)",
+                            self.dir.display()
+                        );
+                    }
+                }
+            }
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(file) = self.file.as_mut() {
+            // A failed flush is a failed write, reported there.
+            let _ = file.flush();
+        }
+        Ok(())
+    }
+}
+
+/// Writes all of `bytes`; on failure, how many were written before it.
+fn write_counting(file: &mut impl Write, bytes: &[u8]) -> Result<(), (usize, std::io::Error)> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match file.write(&bytes[written..]) {
+            Ok(0) => return Err((written, std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err((written, error)),
+        }
+    }
+    Ok(())
 }
 
 /// How often CPU and memory are read. A reading of Docker containers takes about a second (the

@@ -40,9 +40,12 @@ impl SmallDisk {
         std::fs::create_dir(&mount).expect("create the mount point");
         let mut create = Command::new("truncate");
         create.args(["-s", SIZE]).arg(&image);
+        // 4 KiB blocks, as on a disk of any size (mkfs would pick 1 KiB for one this small);
         // `-m 0`: no blocks reserved for root, who runs these tests and would write on.
         let mut format = Command::new("mkfs.ext4");
-        format.args(["-q", "-F", "-m", "0"]).arg(&image);
+        format
+            .args(["-q", "-F", "-b", "4096", "-m", "0"])
+            .arg(&image);
         let mut attach = Command::new("mount");
         attach.args(["-o", "loop"]).arg(&image).arg(&mount);
         for step in [&mut create, &mut format, &mut attach] {
