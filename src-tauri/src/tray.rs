@@ -1,6 +1,8 @@
 //! The tray icon: the stack's state at a glance and the quick actions (open, start/stop the
 //! stack, share, start at login, quit).
 
+use std::sync::Mutex;
+
 use lookit_status::StatusReport;
 use tauri::menu::{CheckMenuItem, Menu, MenuEvent, MenuItem, PredefinedMenuItem};
 use tauri::tray::{MouseButton, MouseButtonState, TrayIconBuilder, TrayIconEvent};
@@ -8,8 +10,13 @@ use tauri::{AppHandle, Manager, Wry};
 
 use crate::{autostart, quit, show_window, Desktop};
 
-/// The menu line that shows the stack's state (Linux trays show no tooltip).
-struct StatusLine(MenuItem<Wry>);
+/// The menu line that shows the stack's state (Linux trays show no tooltip), and the text it
+/// shows. Status snapshots arrive every few seconds (CPU and memory figures); the line is set only
+/// when its text changes, because each set re-exports the whole tray menu over D-Bus.
+struct StatusLine {
+    item: MenuItem<Wry>,
+    shown: Mutex<&'static str>,
+}
 
 pub fn install(app: &AppHandle) -> tauri::Result<()> {
     let status = MenuItem::with_id(app, "status", "Stack: starting…", false, None::<&str>)?;
@@ -35,7 +42,10 @@ pub fn install(app: &AppHandle) -> tauri::Result<()> {
             &MenuItem::with_id(app, "quit", "Quit Lookit Local", true, None::<&str>)?,
         ],
     )?;
-    app.manage(StatusLine(status));
+    app.manage(StatusLine {
+        item: status,
+        shown: Mutex::new(""),
+    });
     TrayIconBuilder::with_id("main")
         .icon(tauri::include_image!("../icons/32x32.png"))
         .tooltip("Lookit Local")
@@ -65,7 +75,10 @@ pub fn show_status(app: &AppHandle, report: &StatusReport) {
         "Stack: stopped"
     };
     if let Some(line) = app.try_state::<StatusLine>() {
-        let _ = line.0.set_text(text);
+        let mut shown = line.shown.lock().expect("not poisoned");
+        if *shown != text && line.item.set_text(text).is_ok() {
+            *shown = text;
+        }
     }
 }
 
