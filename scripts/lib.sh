@@ -7,6 +7,9 @@ export npm_config_cache=${npm_config_cache:-$LOOKIT_CACHE/npm}
 export npm_config_fund=false npm_config_audit=false npm_config_update_notifier=false
 export PATH="$LOOKIT_CACHE/tools/bin:$HOME/.cargo/bin:$PATH"
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# The shared target dir serves every clone (CI clones anew each run): incremental artifacts are
+# per checkout path and were never reused, yet they grew to 35 GB here and filled the disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 # What running Lookit Local needs: the services it manages and what the desktop window links to.
 RUN_PACKAGES=(
@@ -20,6 +23,19 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
 mkdir_cache() {
   $SUDO mkdir -p "$LOOKIT_CACHE" && $SUDO chown "$(id -u):$(id -g)" "$LOOKIT_CACHE"
+}
+
+# Fails, saying what to do, when the disk holding the caches has less than $1 GB free: a build
+# that runs out of space midway fails with errors that name neither the disk nor the fix.
+check_free_space() {
+  local need_gb=$1 free_kb
+  mkdir_cache || return 1
+  free_kb=$(df -Pk "$LOOKIT_CACHE" | awk 'NR == 2 { print $4 }')
+  if [ "$free_kb" -lt $((need_gb * 1024 * 1024)) ]; then
+    echo "only $((free_kb / 1024 / 1024)) GB free on the disk of $LOOKIT_CACHE; the builds and test images need about $need_gb GB." >&2
+    echo "Free some space (the build cache can go: rm -rf $CARGO_TARGET_DIR), then run again." >&2
+    return 1
+  fi
 }
 
 # Installs the Debian packages that are missing (all at once: one apt transaction).
