@@ -70,7 +70,7 @@ async fn stopped() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let (_db, pool) = api_token::migrated_database().await?;
+    let (_db, pool) = lookit_testkit::migrated_database().await;
     let totp_secret = seed(&pool).await?;
 
     let files = tempfile::tempdir()?;

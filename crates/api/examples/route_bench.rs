@@ -219,7 +219,7 @@ async fn seed(pool: &sqlx::PgPool) -> anyhow::Result<(String, String, Vec<Uuid>)
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let (db, pool) = api_token::migrated_database().await?;
+    let (db, pool) = lookit_testkit::migrated_database().await;
     let (username, secret, responses) = seed(&pool).await?;
 
     let videos = tempfile::tempdir()?;

@@ -218,7 +218,7 @@ async fn logout_ends_the_session() {
 
 #[tokio::test]
 async fn create_researcher_checks_its_input() {
-    let (_db, pool) = migrated_database().await;
+    let (_db, pool) = lookit_testkit::migrated_database().await;
     let weak = lookit_api::admin::create_researcher(
         &pool,
         "test",

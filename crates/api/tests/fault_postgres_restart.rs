@@ -10,28 +10,13 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::{json, Value};
-
-/// Starts Postgres again even when the test fails half-way.
-struct RestartPostgres;
-
-impl Drop for RestartPostgres {
-    fn drop(&mut self) {
-        let _ = std::thread::spawn(|| {
-            if let Ok(runtime) = tokio::runtime::Runtime::new() {
-                runtime.block_on(lookit_testkit::test_services("start-postgres"));
-            }
-        })
-        .join();
-    }
-}
+use lookit_testkit::TestServer;
+use serde_json::Value;
 
 /// A request must be answered within this, database or not: a hang is a failure.
 const ANSWER_WITHIN: Duration = Duration::from_secs(20);
 
-async fn answered(
-    request: impl std::future::Future<Output = reqwest::Response>,
-) -> reqwest::Response {
+async fn answered<T>(request: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(ANSWER_WITHIN, request)
         .await
         .expect("the API answers while the database is down instead of hanging")
@@ -46,18 +31,11 @@ async fn while_postgres_is_down_the_api_answers_503_and_recovers_without_losing_
     .await;
     let (_, session, lab) = app.researcher().await;
     let study = app.study(lab, "approved").await;
-    let build = app
-        .post(
-            &session,
-            &format!("/api/researcher/studies/{study}/builds/"),
-            json!({}),
-        )
-        .await;
+    let build = app.request_build(&session, study).await;
     assert_eq!(build.status(), 202);
     let build: Value = build.json().await.unwrap();
 
-    let guard = RestartPostgres;
-    lookit_testkit::test_services("stop-postgres").await;
+    let postgres = TestServer::Postgres.stop().await;
 
     let studies = answered(app.get(&session, "/api/researcher/studies/")).await;
     assert_eq!(studies.status(), 503, "an outage is not a bug of ours");
@@ -67,29 +45,15 @@ async fn while_postgres_is_down_the_api_answers_503_and_recovers_without_losing_
         "the reason names the database: {detail}"
     );
 
-    let another = answered(app.post(
-        &session,
-        &format!("/api/researcher/studies/{study}/builds/"),
-        json!({}),
-    ))
-    .await;
+    let another = answered(app.request_build(&session, study)).await;
     assert_eq!(
         another.status(),
         503,
         "a request that cannot be stored is refused, not accepted"
     );
 
-    let health = answered(async {
-        app.client
-            .get(app.url("/api/health/"))
-            .send()
-            .await
-            .unwrap()
-    })
-    .await;
-    let health_status = health.status();
-    let health: Value = health.json().await.unwrap();
-    assert_eq!(health_status, 503);
+    let (status, health) = answered(app.health()).await;
+    assert_eq!(status, 503);
     assert!(
         health["database"]
             .as_str()
@@ -98,8 +62,7 @@ async fn while_postgres_is_down_the_api_answers_503_and_recovers_without_losing_
         "{health}"
     );
 
-    lookit_testkit::test_services("start-postgres").await;
-    drop(guard);
+    postgres.start().await;
 
     // The same server, not restarted, serves again once its pool reconnects.
     eventually("the API serves again", || async {

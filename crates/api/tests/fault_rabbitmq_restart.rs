@@ -9,37 +9,18 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::broker::{consumer, declare_queues, next_message};
+use common::broker::QueueReader;
 use common::*;
-use lookit_contracts::{BuildJob, Queue};
-use serde_json::{json, Value};
+use lookit_contracts::Queue;
+use lookit_testkit::TestServer;
+use serde_json::Value;
 use uuid::Uuid;
-
-/// Starts the broker again even when the test fails half-way.
-struct RestartBroker;
-
-impl Drop for RestartBroker {
-    fn drop(&mut self) {
-        let _ = std::thread::spawn(|| {
-            if let Ok(runtime) = tokio::runtime::Runtime::new() {
-                runtime.block_on(lookit_testkit::test_services("start-rabbitmq"));
-            }
-        })
-        .join();
-    }
-}
 
 /// Requests a build of each study; every request must be accepted. Returns the build ids.
 async fn request_builds(app: &TestApp, session: &Session, studies: &[Uuid]) -> Vec<String> {
     let mut ids = Vec::new();
     for study in studies {
-        let response = app
-            .post(
-                session,
-                &format!("/api/researcher/studies/{study}/builds/"),
-                json!({}),
-            )
-            .await;
+        let response = app.request_build(session, *study).await;
         assert_eq!(response.status(), 202, "a build request is accepted");
         let build: Value = response.json().await.unwrap();
         ids.push(build["id"].as_str().unwrap().to_string());
@@ -49,17 +30,7 @@ async fn request_builds(app: &TestApp, session: &Session, studies: &[Uuid]) -> V
 
 #[tokio::test]
 async fn restarting_rabbitmq_under_load_keeps_the_api_answering_and_loses_no_job() {
-    let vhost = vhost().await;
-    let _ = declare_queues(vhost.amqp_url())
-        .await
-        .close(200, "declared")
-        .await;
-    let app = spawn_app_with(AppOptions {
-        amqp_url: Some(vhost.amqp_url().to_string()),
-        ..Default::default()
-    })
-    .await;
-    let relay = RunningRelay::start(&app.pool, vhost.amqp_url());
+    let (app, vhost, relay) = spawn_app_with_broker().await;
     let (_, session, lab) = app.researcher().await;
     // One build may be queued per study at a time: one study per request.
     let mut studies = Vec::new();
@@ -69,17 +40,10 @@ async fn restarting_rabbitmq_under_load_keeps_the_api_answering_and_loses_no_job
 
     let mut accepted = request_builds(&app, &session, &studies[..10]).await;
 
-    let guard = RestartBroker;
-    lookit_testkit::test_services("stop-rabbitmq").await;
+    let broker = TestServer::RabbitMq.stop().await;
     accepted.extend(request_builds(&app, &session, &studies[10..30]).await);
-    let health = app
-        .client
-        .get(app.url("/api/health/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 503, "health names the missing broker");
-    let health: Value = health.json().await.unwrap();
+    let (status, health) = app.health().await;
+    assert_eq!(status, 503, "health names the missing broker");
     assert!(
         health["broker"]
             .as_str()
@@ -89,24 +53,18 @@ async fn restarting_rabbitmq_under_load_keeps_the_api_answering_and_loses_no_job
     );
     // The broker comes back while requests keep arriving.
     let (_, during_start) = tokio::join!(
-        lookit_testkit::test_services("start-rabbitmq"),
+        broker.start(),
         request_builds(&app, &session, &studies[30..40]),
     );
-    drop(guard);
     accepted.extend(during_start);
     accepted.extend(request_builds(&app, &session, &studies[40..]).await);
 
-    let broker = lapin::Connection::connect(vhost.amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let mut builds = consumer(&broker, Queue::Builds).await;
+    let mut builds = QueueReader::open(vhost.amqp_url(), Queue::Builds).await;
     let accepted: HashSet<String> = accepted.into_iter().collect();
     let mut delivered = HashSet::new();
     // Delivery is at least once: a job may arrive twice, but none may be missing.
     while delivered.len() < accepted.len() {
-        let (_, _, _, body) = next_message(&mut builds).await;
-        let job: BuildJob = serde_json::from_value(body).unwrap();
-        delivered.insert(job.build_id.to_string());
+        delivered.insert(builds.next_build_job().await.build_id.to_string());
     }
     assert_eq!(
         delivered, accepted,

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::broker::{consumer, declare_queues, next_message};
+use common::broker::QueueReader;
 use common::*;
 use lookit_contracts::{BuildJob, EmailJob, Queue};
 use serde_json::{json, Value};
@@ -138,15 +138,8 @@ async fn studies_move_through_states_with_log_entries_and_review_emails() {
 
 #[tokio::test]
 async fn a_build_request_reaches_the_builds_queue_and_a_second_one_is_refused() {
-    let vhost = vhost().await;
-    let broker = declare_queues(vhost.amqp_url()).await;
-    let mut builds = consumer(&broker, Queue::Builds).await;
-    let app = spawn_app_with(AppOptions {
-        amqp_url: Some(vhost.amqp_url().into()),
-        ..Default::default()
-    })
-    .await;
-    let relay = RunningRelay::start(&app.pool, vhost.amqp_url());
+    let (app, vhost, relay) = spawn_app_with_broker().await;
+    let mut builds = QueueReader::open(vhost.amqp_url(), Queue::Builds).await;
     let (_, session, lab) = app.researcher().await;
     let study = app.study(lab, "approved").await;
     let sha = "0123456789abcdef0123456789abcdef01234567";
@@ -157,20 +150,14 @@ async fn a_build_request_reaches_the_builds_queue_and_a_second_one_is_refused() 
         .await
         .unwrap();
 
-    let response = app
-        .post(
-            &session,
-            &format!("/api/researcher/studies/{study}/builds/"),
-            json!({}),
-        )
-        .await;
+    let response = app.request_build(&session, study).await;
     assert_eq!(response.status(), 202);
     let build = json_of(response).await;
     assert_eq!(build["status"], "queued");
     assert_eq!(build["player_ref"], sha);
     let build_id: Uuid = build["id"].as_str().unwrap().parse().unwrap();
 
-    let (message_id, content_type, delivery_mode, body) = next_message(&mut builds).await;
+    let (message_id, content_type, delivery_mode, body) = builds.next_message().await;
     let job: BuildJob = serde_json::from_value(body).unwrap();
     assert_eq!(job.build_id, build_id);
     assert_eq!(message_id, job.job_id.to_string());
@@ -178,15 +165,7 @@ async fn a_build_request_reaches_the_builds_queue_and_a_second_one_is_refused() 
     assert_eq!(delivery_mode, 2);
 
     // While it is queued, another request is refused with the reason.
-    let (status, detail) = error_detail(
-        app.post(
-            &session,
-            &format!("/api/researcher/studies/{study}/builds/"),
-            json!({}),
-        )
-        .await,
-    )
-    .await;
+    let (status, detail) = error_detail(app.request_build(&session, study).await).await;
     assert_eq!(status, 409);
     assert!(detail.contains("already queued"), "{detail}");
 
@@ -216,15 +195,7 @@ async fn a_build_request_reaches_the_builds_queue_and_a_second_one_is_refused() 
     assert_eq!(one["status"], "succeeded");
 
     // Same study, same pinned player: already built. A changed study builds again.
-    let (status, detail) = error_detail(
-        app.post(
-            &session,
-            &format!("/api/researcher/studies/{study}/builds/"),
-            json!({}),
-        )
-        .await,
-    )
-    .await;
+    let (status, detail) = error_detail(app.request_build(&session, study).await).await;
     assert_eq!(status, 409);
     assert!(detail.contains("already built"), "{detail}");
     let edit = app
@@ -232,19 +203,9 @@ async fn a_build_request_reaches_the_builds_queue_and_a_second_one_is_refused() 
             json!({"name": "Renamed", "structure": {"frames": {}, "sequence": []}, "metadata": {"last_known_player_sha": sha, "note": "changed"}}))
         .await;
     assert_eq!(edit.status(), 200);
-    let again = app
-        .post(
-            &session,
-            &format!("/api/researcher/studies/{study}/builds/"),
-            json!({}),
-        )
-        .await;
+    let again = app.request_build(&session, study).await;
     assert_eq!(again.status(), 202);
-    let (_, _, _, body) = next_message(&mut builds).await;
-    assert_ne!(
-        serde_json::from_value::<BuildJob>(body).unwrap().build_id,
-        build_id
-    );
+    assert_ne!(builds.next_build_job().await.build_id, build_id);
 
     // Marked sent once the broker confirmed (the message may arrive before the mark commits).
     eventually("both jobs marked published", || async {

@@ -142,15 +142,14 @@ async fn unknown_routes_and_methods_get_json_errors() {
 
 #[tokio::test]
 async fn health_reports_the_broker() {
-    let vhost = vhost().await;
+    let vhost = lookit_testkit::fresh_vhost().await;
     let app = spawn_app_with(AppOptions {
         amqp_url: Some(vhost.amqp_url().into()),
         ..Default::default()
     })
     .await;
-    let response = reqwest::get(app.url("/api/health/")).await.unwrap();
-    assert_eq!(response.status(), 200);
-    let health: Value = response.json().await.unwrap();
+    let (status, health) = app.health().await;
+    assert_eq!(status, 200);
     assert_eq!(health["broker"], "ok");
 
     let unreachable = spawn_app_with(AppOptions {
@@ -158,9 +157,8 @@ async fn health_reports_the_broker() {
         ..Default::default()
     })
     .await;
-    let response = reqwest::get(unreachable.url("/api/health/")).await.unwrap();
-    assert_eq!(response.status(), 503);
-    let health: Value = response.json().await.unwrap();
+    let (status, health) = unreachable.health().await;
+    assert_eq!(status, 503);
     assert_eq!(health["database"], "ok");
     assert!(health["broker"]
         .as_str()

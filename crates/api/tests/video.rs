@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use hmac::{Hmac, Mac};
 use lookit_storage::object_store::ObjectStoreExt;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -300,12 +299,6 @@ async fn bad_signatures_statuses_and_names_are_refused_with_the_reason() {
     assert_eq!(status, 400);
     assert!(detail.contains("not in the video storage"), "{detail}");
     assert!(f.videos().await.is_empty());
-}
-
-fn lambda_signature(attributes: &Value) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(LAMBDA_SECRET.as_bytes()).unwrap();
-    mac.update(serde_json::to_string(attributes).unwrap().as_bytes());
-    hex::encode(mac.finalize().into_bytes())
 }
 
 #[tokio::test]

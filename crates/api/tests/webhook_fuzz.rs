@@ -12,7 +12,6 @@ use std::collections::BTreeSet;
 
 use base64::Engine;
 use common::*;
-use hmac::{Hmac, Mac};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
@@ -27,32 +26,70 @@ struct Fixture {
     app: TestApp,
     /// (study, response of that study), twice: names mix them up, never pair them.
     pairs: [(Uuid, Uuid); 2],
-}
-
-async fn fixture() -> Fixture {
-    let app = spawn_app().await;
-    let parent = app.user(false, false).await;
-    let lab = app.lab(true).await;
-    let mut pairs = Vec::new();
-    for _ in 0..2 {
-        let study = app.study(lab, "active").await;
-        let child = app.child(parent.id).await;
-        pairs.push((study, app.response(study, child).await));
-    }
-    for ext in ["mp4", "jpg"] {
-        std::fs::write(
-            app.videos.path().join(format!("{UPLOADED}.{ext}")),
-            b"video",
-        )
-        .unwrap();
-    }
-    Fixture {
-        app,
-        pairs: [pairs[0], pairs[1]],
-    }
+    /// Runs the server (the proptest runner calls the cases synchronously); declared last so
+    /// the app is dropped while it still runs.
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Fixture {
+    fn start() -> Fixture {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (app, pairs) = runtime.block_on(async {
+            let app = spawn_app().await;
+            let parent = app.user(false, false).await;
+            let lab = app.lab(true).await;
+            let mut pairs = Vec::new();
+            for _ in 0..2 {
+                let study = app.study(lab, "active").await;
+                let child = app.child(parent.id).await;
+                pairs.push((study, app.response(study, child).await));
+            }
+            (app, [pairs[0], pairs[1]])
+        });
+        for ext in ["mp4", "jpg"] {
+            std::fs::write(
+                app.videos.path().join(format!("{UPLOADED}.{ext}")),
+                b"video",
+            )
+            .unwrap();
+        }
+        Fixture {
+            app,
+            pairs,
+            runtime,
+        }
+    }
+
+    /// Sends [`CASES`] requests that `request` makes of values of `strategy` and fails unless
+    /// every answer is a 4xx with a JSON reason and, after all of them, nothing was stored or
+    /// moved.
+    fn assert_every_request_refused_storing_nothing<S: Strategy>(
+        &self,
+        strategy: S,
+        request: impl Fn(S::Value) -> reqwest::RequestBuilder,
+    ) {
+        let before = self.runtime.block_on(self.stored());
+        let mut runner = TestRunner::new(Config {
+            cases: CASES,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        runner
+            .run(&strategy, |value| {
+                let (status, body) = self.runtime.block_on(async {
+                    let response = request(value).send().await.unwrap();
+                    (response.status().as_u16(), response.text().await.unwrap())
+                });
+                status_is_client_error(status, &body)
+            })
+            .unwrap();
+        assert_eq!(
+            self.runtime.block_on(self.stored()),
+            before,
+            "nothing was stored or moved"
+        );
+    }
+
     /// The storage's file names and the number of video rows.
     async fn stored(&self) -> (BTreeSet<String>, i64) {
         let files = walk(self.app.videos.path());
@@ -137,6 +174,25 @@ enum Signature {
     Wrong(String),
 }
 
+impl Signature {
+    /// `request` with this signature in `header`; `valid` computes the right one.
+    fn sign(
+        &self,
+        request: reqwest::RequestBuilder,
+        header: &str,
+        valid: impl FnOnce() -> String,
+    ) -> reqwest::RequestBuilder {
+        match self {
+            Signature::Valid => request.header(header, valid()),
+            Signature::Wrong(text) => match reqwest::header::HeaderValue::from_str(text) {
+                Ok(value) => request.header(header, value),
+                Err(_) => request,
+            },
+            Signature::Missing => request,
+        }
+    }
+}
+
 fn signatures() -> impl Strategy<Value = Signature> {
     prop_oneof![
         4 => Just(Signature::Valid),
@@ -163,9 +219,7 @@ fn status_is_client_error(status: u16, body: &str) -> Result<(), TestCaseError> 
 
 #[test]
 fn fuzzed_pipe_webhooks_are_refused_and_store_nothing() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let f = runtime.block_on(fixture());
-    let before = runtime.block_on(f.stored());
+    let f = Fixture::start();
     let events = (
         prop_oneof![4 => Just("upload success".to_string()), 1 => ".{0,20}"],
         prop_oneof![3 => Just(UPLOADED.to_string()), 1 => ".{0,30}", 1 => Just("../pipe-uploaded".to_string())],
@@ -184,57 +238,25 @@ fn fuzzed_pipe_webhooks_are_refused_and_store_nothing() {
         1 => ".{0,200}",
         1 => any_json().prop_map(|v| json!({"data": v}).to_string()),
     ];
-    let mut runner = TestRunner::new(Config {
-        cases: CASES,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    runner
-        .run(
-            &(payloads, signatures(), any::<bool>()),
-            |(payload, signature, as_form)| {
-                let mut request = f.app.client.post(f.app.url("/exp/renamevideo/"));
-                request = if as_form {
-                    request.form(&[("payload", &payload)])
-                } else {
-                    request.body(payload.clone())
-                };
-                match &signature {
-                    Signature::Valid => {
-                        let mut mac =
-                            Hmac::<sha1::Sha1>::new_from_slice(PIPE_KEY.as_bytes()).unwrap();
-                        mac.update(format!("{PUBLIC_URL}/exp/renamevideo/{payload}").as_bytes());
-                        let signed = base64::engine::general_purpose::STANDARD
-                            .encode(mac.finalize().into_bytes());
-                        request = request.header("X-Pipe-Signature", signed);
-                    }
-                    Signature::Wrong(text) => {
-                        if let Ok(value) = reqwest::header::HeaderValue::from_str(text) {
-                            request = request.header("X-Pipe-Signature", value);
-                        }
-                    }
-                    Signature::Missing => {}
-                }
-                let (status, body) = runtime.block_on(async {
-                    let response = request.send().await.unwrap();
-                    (response.status().as_u16(), response.text().await.unwrap())
-                });
-                status_is_client_error(status, &body)
-            },
-        )
-        .unwrap();
-    assert_eq!(
-        runtime.block_on(f.stored()),
-        before,
-        "nothing was stored or moved"
+    f.assert_every_request_refused_storing_nothing(
+        (payloads, signatures(), any::<bool>()),
+        |(payload, signature, as_form)| {
+            let request = f.app.client.post(f.app.url("/exp/renamevideo/"));
+            let signed = signature.sign(request, "X-Pipe-Signature", || {
+                pipe_signature(&format!("{PUBLIC_URL}/exp/renamevideo/"), &payload)
+            });
+            if as_form {
+                signed.form(&[("payload", &payload)])
+            } else {
+                signed.body(payload)
+            }
+        },
     );
 }
 
 #[test]
 fn fuzzed_lambda_calls_are_refused_and_store_nothing() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let f = runtime.block_on(fixture());
-    let before = runtime.block_on(f.stored());
+    let f = Fixture::start();
     let attributes = (
         prop_oneof![3 => ".{0,20}".prop_map(Value::from), 1 => any_json()],
         prop_oneof![3 => any::<i64>().prop_map(Value::from), 1 => any_json()],
@@ -282,45 +304,18 @@ fn fuzzed_lambda_calls_are_refused_and_store_nothing() {
         1 => prop::collection::vec(any::<u8>(), 0..200)
             .prop_map(|bytes| (String::from_utf8_lossy(&bytes).into_owned(), Value::Null)),
     ];
-    let mut runner = TestRunner::new(Config {
-        cases: CASES,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    runner
-        .run(
-            &(bodies, signatures()),
-            |((body, attributes), signature)| {
-                let mut request = f
-                    .app
-                    .client
-                    .post(f.app.url("/api/v1/video/"))
-                    .header("content-type", "application/vnd.api+json")
-                    .body(body);
-                match &signature {
-                    Signature::Valid => {
-                        let mut mac =
-                            Hmac::<sha2::Sha256>::new_from_slice(LAMBDA_SECRET.as_bytes()).unwrap();
-                        mac.update(serde_json::to_string(&attributes).unwrap().as_bytes());
-                        request = request.header(
-                            "X-AWS-Lambda-HMAC-Sig",
-                            hex::encode(mac.finalize().into_bytes()),
-                        );
-                    }
-                    Signature::Wrong(text) => {
-                        if let Ok(value) = reqwest::header::HeaderValue::from_str(text) {
-                            request = request.header("X-AWS-Lambda-HMAC-Sig", value);
-                        }
-                    }
-                    Signature::Missing => {}
-                }
-                let (status, body) = runtime.block_on(async {
-                    let response = request.send().await.unwrap();
-                    (response.status().as_u16(), response.text().await.unwrap())
-                });
-                status_is_client_error(status, &body)
-            },
-        )
-        .unwrap();
-    assert_eq!(runtime.block_on(f.stored()), before, "nothing was stored");
+    f.assert_every_request_refused_storing_nothing(
+        (bodies, signatures()),
+        |((body, attributes), signature)| {
+            let request = f
+                .app
+                .client
+                .post(f.app.url("/api/v1/video/"))
+                .header("content-type", "application/vnd.api+json")
+                .body(body);
+            signature.sign(request, "X-AWS-Lambda-HMAC-Sig", || {
+                lambda_signature(&attributes)
+            })
+        },
+    );
 }

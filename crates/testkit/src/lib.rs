@@ -54,6 +54,18 @@ pub async fn fresh_database() -> TestDatabase {
     }
 }
 
+/// Creates a database for one test with the app's schema ([`lookit_contracts::MIGRATOR`]) applied,
+/// and a pool on it. The database lives as long as the returned [`TestDatabase`].
+pub async fn migrated_database() -> (TestDatabase, PgPool) {
+    let database = fresh_database().await;
+    let pool = database.pool().await;
+    lookit_contracts::MIGRATOR
+        .run(&pool)
+        .await
+        .expect("apply the migrations to the test database");
+    (database, pool)
+}
+
 impl TestDatabase {
     pub fn name(&self) -> &str {
         &self.name
@@ -203,10 +215,77 @@ impl Drop for TestVhost {
     }
 }
 
+/// One of the shared servers that `scripts/test-services` runs, for fault tests: it really goes
+/// down and comes back, for every test using it (so fault tests run alone).
+#[derive(Clone, Copy, Debug)]
+pub enum TestServer {
+    Postgres,
+    RabbitMq,
+}
+
+impl TestServer {
+    fn name(self) -> &'static str {
+        match self {
+            TestServer::Postgres => "postgres",
+            TestServer::RabbitMq => "rabbitmq",
+        }
+    }
+
+    /// Restarts the server (a fast shutdown, then a start) and waits until it serves again.
+    pub async fn restart(self) {
+        test_services(&format!("restart-{}", self.name())).await
+    }
+
+    /// Stops the server until [`StoppedServer::start`]; the returned value starts it again when
+    /// dropped too, so a test that fails half-way leaves it running for the suites after it.
+    pub async fn stop(self) -> StoppedServer {
+        let stopped = StoppedServer {
+            server: self,
+            started: false,
+        };
+        test_services(&format!("stop-{}", self.name())).await;
+        stopped
+    }
+}
+
+/// A shared test server stopped by [`TestServer::stop`].
+#[must_use = "the server starts again when this is dropped"]
+pub struct StoppedServer {
+    server: TestServer,
+    started: bool,
+}
+
+impl StoppedServer {
+    /// Starts the server again and waits until it serves.
+    pub async fn start(mut self) {
+        test_services(&format!("start-{}", self.server.name())).await;
+        self.started = true;
+    }
+}
+
+impl Drop for StoppedServer {
+    fn drop(&mut self) {
+        if self.started {
+            return;
+        }
+        // Starting needs async I/O; a thread of its own also works while the test's runtime
+        // unwinds from a failure.
+        let verb = format!("start-{}", self.server.name());
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(test_services(&verb));
+            }
+        })
+        .join();
+    }
+}
+
 /// Runs one of the `scripts/test-services` verbs (e.g. `restart-rabbitmq`) and waits for it.
-/// For fault tests: the server really goes down and comes back. Its output is discarded so no
-/// server it starts can hold the test runner's output pipe open.
-pub async fn test_services(verb: &str) {
+/// Its output is discarded so no server it starts can hold the test runner's output pipe open.
+async fn test_services(verb: &str) {
     let script = required_env("LOOKIT_TEST_SERVICES");
     let status = tokio::process::Command::new(&script)
         .arg(verb)
@@ -216,14 +295,6 @@ pub async fn test_services(verb: &str) {
         .await
         .unwrap_or_else(|e| panic!("run {script} {verb}: {e}"));
     assert!(status.success(), "{script} {verb} failed: {status}");
-}
-
-pub async fn restart_rabbitmq() {
-    test_services("restart-rabbitmq").await
-}
-
-pub async fn restart_postgres() {
-    test_services("restart-postgres").await
 }
 
 /// moto's S3-compatible server, installed by the test command in its Python venv

@@ -36,7 +36,7 @@ async fn restarting_rabbitmq_in_a_stream_of_jobs_loses_none() {
         (kept(&f.pool).await >= 1).then_some(())
     })
     .await;
-    lookit_testkit::restart_rabbitmq().await;
+    lookit_testkit::TestServer::RabbitMq.restart().await;
     {
         let connection = connect(&f.vhost).await;
         let publisher = Publisher::open(&connection).await.unwrap();

@@ -1,25 +1,8 @@
-//! Shared by the API's examples (included with `#[path]`): a fresh migrated database on the test
-//! Postgres, and an API token obtained the way a script does it, through the login routes.
+//! Shared by the API's examples (included with `#[path]`): an API token obtained the way a script
+//! does it, through the login routes.
 
 use anyhow::{ensure, Context};
 use serde_json::{json, Value};
-
-/// A fresh database on the test Postgres with the schema applied (kept alive by the returned
-/// handle, dropped with it).
-pub async fn migrated_database() -> anyhow::Result<(lookit_testkit::TestDatabase, sqlx::PgPool)> {
-    if std::env::var_os("LOOKIT_TEST_DATABASE_URL").is_none() {
-        anyhow::bail!(
-            "LOOKIT_TEST_DATABASE_URL is not set: run `eval \"$(scripts/test-services start)\"` first"
-        );
-    }
-    let db = lookit_testkit::fresh_database().await;
-    let pool = db.pool().await;
-    lookit_contracts::MIGRATOR
-        .run(&pool)
-        .await
-        .context("migrate")?;
-    Ok((db, pool))
-}
 
 /// Logs in with password and authenticator code and asks for an API token, as a script would.
 pub async fn api_token(

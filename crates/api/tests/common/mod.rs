@@ -48,23 +48,31 @@ pub struct AppOptions {
     pub builds: Option<lookit_storage::StoreLocation>,
 }
 
-pub async fn migrated_database() -> (TestDatabase, PgPool) {
-    let db = lookit_testkit::fresh_database().await;
-    let pool = db.pool().await;
-    lookit_contracts::MIGRATOR
-        .run(&pool)
-        .await
-        .expect("migrations apply");
-    (db, pool)
-}
-
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(AppOptions::default()).await
 }
 
+/// The API with a broker, as the instance runs it: a fresh vhost with the work queues declared
+/// as the stack declares them, the API checking it (`/api/health/`), and the outbox relay
+/// publishing the API's jobs to it (stop it with [`RunningRelay::stop`]).
+pub async fn spawn_app_with_broker() -> (TestApp, lookit_testkit::TestVhost, RunningRelay) {
+    let vhost = lookit_testkit::fresh_vhost().await;
+    let _ = broker::declare_queues(vhost.amqp_url())
+        .await
+        .close(200, "declared")
+        .await;
+    let app = spawn_app_with(AppOptions {
+        amqp_url: Some(vhost.amqp_url().to_string()),
+        ..Default::default()
+    })
+    .await;
+    let relay = RunningRelay::start(&app.pool, vhost.amqp_url());
+    (app, vhost, relay)
+}
+
 pub async fn spawn_app_with(options: AppOptions) -> TestApp {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let (db, mut pool) = migrated_database().await;
+    lookit_testkit::install_crypto_provider();
+    let (db, mut pool) = lookit_testkit::migrated_database().await;
     if let Some(timeout) = options.acquire_timeout {
         pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(10)
@@ -129,6 +137,14 @@ pub fn pipe_signature(url: &str, payload: &str) -> String {
     let mut mac = Hmac::<sha1::Sha1>::new_from_slice(PIPE_KEY.as_bytes()).unwrap();
     mac.update(format!("{url}{payload}").as_bytes());
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// The Lambda's `X-AWS-Lambda-HMAC-Sig` for a video document with these `attributes`.
+pub fn lambda_signature(attributes: &Value) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(LAMBDA_SECRET.as_bytes()).unwrap();
+    mac.update(serde_json::to_string(attributes).unwrap().as_bytes());
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// Pipe's `video_copied_s3` event: the video `video_name` is to be called `payload`.
@@ -326,6 +342,28 @@ impl TestApp {
         id
     }
 
+    /// `GET /api/health/` (no session): its status and body.
+    pub async fn health(&self) -> (u16, Value) {
+        let response = self
+            .client
+            .get(self.url("/api/health/"))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("health is JSON"))
+    }
+
+    /// A researcher's build request for `study` (the dashboard's Build button).
+    pub async fn request_build(&self, session: &Session, study: Uuid) -> reqwest::Response {
+        self.post(
+            session,
+            &format!("/api/researcher/studies/{study}/builds/"),
+            json!({}),
+        )
+        .await
+    }
+
     pub async fn get(&self, session: &Session, path: &str) -> reqwest::Response {
         self.client
             .get(self.url(path))
@@ -390,12 +428,6 @@ pub async fn published_jobs(pool: &PgPool) -> i64 {
         .fetch_one(pool)
         .await
         .unwrap()
-}
-
-/// A fresh RabbitMQ vhost (the crypto provider installed first: the testkit's HTTP client needs it).
-pub async fn vhost() -> lookit_testkit::TestVhost {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    lookit_testkit::fresh_vhost().await
 }
 
 /// The outbox relay of `pool` publishing to `amqp_url`, running until [`RunningRelay::stop`].
