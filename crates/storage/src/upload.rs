@@ -7,10 +7,17 @@
 //! - A folder gets the whole build at once: the files are copied into a hidden folder next to the
 //!   study's, the two trade places in one rename, and the previous build is removed after. A
 //!   failed copy removes the hidden folder; the published build was never touched.
+//! - Publishes of one study into a folder take turns (a lock beside the study's folder that the
+//!   kernel releases when its holder dies), so a hidden folder of the study found at the start of
+//!   a turn was left by a publish killed midway: it is removed then. Other studies' publishes
+//!   and their hidden folders are never waited for nor touched.
 //! - A bucket cannot rename a prefix: every other file is in place before any `index.html`, and
 //!   files of the previous build that the new one lacks are removed only after.
 
 use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -210,15 +217,23 @@ impl Storage {
 /// Copies `files` (relative to `source`) into a hidden folder next to `target`, puts that folder
 /// in `target`'s place and removes the previous build. Returns how many files of the previous
 /// build the new one lacks. On failure `target` is as it was and the hidden folder is gone.
+/// Runs during the study's [`PublishTurn`], after removing what killed publishes left.
 /// Blocking.
 fn swap_in(source: &Path, files: &[PathBuf], target: &Path) -> Result<usize, StorageError> {
     let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
         unreachable!("a study's folder is a folder below the store's");
     };
+    let turn_error = |source| StorageError::Publish {
+        path: target.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(parent).map_err(turn_error)?;
+    let _turn = PublishTurn::take(parent, name).map_err(turn_error)?;
+    remove_leftovers(parent, name);
     // Hidden and not a study id: never served, whatever it holds.
     let staging = parent.join(format!(
-        ".{}.publishing-{}",
-        name.to_string_lossy(),
+        "{}{}",
+        staging_prefix(name),
         uuid::Uuid::new_v4().simple()
     ));
     if let Err(error) = copy_files(source, files, &staging, target) {
@@ -246,6 +261,93 @@ fn swap_in(source: &Path, files: &[PathBuf], target: &Path) -> Result<usize, Sto
         tracing::warn!(path = %staging.display(), %error, "could not remove the previous build");
     }
     Ok(removed)
+}
+
+/// How the hidden folders of a publish of the study folder `name` begin (`.<study>.publishing-`),
+/// followed by a random id: a new build being copied, or the previous one being removed (with
+/// `.previous` on a filesystem without an atomic exchange).
+fn staging_prefix(name: &OsStr) -> String {
+    format!(".{}.publishing-", name.to_string_lossy())
+}
+
+/// One publish's turn at a study folder: an exclusive `flock` on `.<study>.lock` beside it, held
+/// until dropped. Across processes too (the instance's worker and `lookit-local worker`), and a
+/// killed holder's lock goes with it, so a killed publish never blocks the next. The file is
+/// removed when the turn ends, so nothing stays beside a study that is not being published.
+struct PublishTurn {
+    path: PathBuf,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl PublishTurn {
+    /// Waits for the study's turn. Blocking.
+    fn take(parent: &Path, name: &OsStr) -> std::io::Result<PublishTurn> {
+        use nix::fcntl::{Flock, FlockArg};
+        let path = parent.join(format!(".{}.lock", name.to_string_lossy()));
+        loop {
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            let lock = Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, errno)| std::io::Error::from(errno))?;
+            // The turn we waited for removed its file as it ended: a lock on that file guards
+            // nothing, the next publish locks a new one. Ours must be the file at the path.
+            let held = lock.metadata()?;
+            match std::fs::metadata(&path) {
+                Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => {
+                    return Ok(PublishTurn { path, _lock: lock })
+                }
+                Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+impl Drop for PublishTurn {
+    fn drop(&mut self) {
+        // Removed while still locked (the lock is released after, with the field): whoever waits
+        // on this file sees it gone and takes a new one.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Removes the hidden folders that publishes of the study folder `name` killed midway left
+/// beside it: a half-copied build, or a previous build swapped out but not yet removed. Only
+/// during the study's turn, when no publish of it runs; other studies' folders are not looked
+/// at. A leftover that cannot be removed is logged: it takes space, but the publish can go on.
+/// Blocking.
+fn remove_leftovers(parent: &Path, name: &OsStr) {
+    let prefix = staging_prefix(name);
+    let entries = match std::fs::read_dir(parent) {
+        Ok(entries) => entries,
+        Err(error) => {
+            tracing::warn!(path = %parent.display(), %error, "could not look for leftovers of killed publishes");
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match removed {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed what a killed publish left")
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "could not remove what a killed publish left")
+            }
+        }
+    }
 }
 
 /// Copies `files` from `source` into `staging`; an error names the file as it would have been
@@ -319,20 +421,49 @@ mod tests {
         assert_eq!(cache_control("robots.txt"), "public, max-age=300");
     }
 
+    /// A build output folder with these files (path, contents).
+    fn output(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let output = tempfile::tempdir().unwrap();
+        for (name, contents) in files {
+            let path = output.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, contents).unwrap();
+        }
+        output
+    }
+
+    /// Every file of `study` as the API serves it (read through the store), by path.
+    async fn served(storage: &Storage, study: &Key, folder: &Path) -> Vec<(String, String)> {
+        let mut files = Vec::new();
+        for file in output_files(folder).unwrap() {
+            let relative = file.to_str().unwrap().to_string();
+            let key = crate::below(study, &relative).unwrap();
+            let bytes = storage
+                .read(&key)
+                .await
+                .unwrap()
+                .expect("listed, so served");
+            files.push((relative, String::from_utf8(bytes.to_vec()).unwrap()));
+        }
+        files.sort();
+        files
+    }
+
+    /// Names in `folder`, sorted.
+    fn names_in(folder: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(folder)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[tokio::test]
     async fn a_folder_gets_the_new_build_whole_and_nothing_of_the_old_one() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::folder(dir.path().join("published")).unwrap();
         let study = crate::study_prefix(uuid::Uuid::new_v4());
-        let output = |files: &[(&str, &str)]| {
-            let output = tempfile::tempdir().unwrap();
-            for (name, contents) in files {
-                let path = output.path().join(name);
-                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-                std::fs::write(path, contents).unwrap();
-            }
-            output
-        };
         let first = output(&[("index.html", "first"), ("assets/first.js", "1")]);
         let uploaded = storage.upload_folder(first.path(), &study).await.unwrap();
         assert_eq!((uploaded.files, uploaded.removed), (2, 0));
@@ -359,6 +490,117 @@ mod tests {
             beside,
             [published.file_name().unwrap()],
             "no staging folder left"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_publishes_killed_midway_left_is_gone_once_the_study_is_published_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::folder(dir.path().join("published")).unwrap();
+        let (study_id, other_id) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let study = crate::study_prefix(study_id);
+        let first = output(&[("index.html", "first"), ("assets/first.js", "1")]);
+        let uploaded = storage.upload_folder(first.path(), &study).await.unwrap();
+        let published = PathBuf::from(&uploaded.location);
+        let experiments = published.parent().unwrap().to_path_buf();
+
+        // A worker killed while copying a build: half of it in a hidden folder, and the lock
+        // file of its turn (the kernel released the lock with the process).
+        let half = experiments.join(format!(".{study_id}.publishing-{}", "a".repeat(32)));
+        std::fs::create_dir_all(half.join("assets")).unwrap();
+        std::fs::write(half.join("assets/second.js"), "2, cut sh").unwrap();
+        std::fs::write(experiments.join(format!(".{study_id}.lock")), "").unwrap();
+        // One killed after the swap, before removing the build it swapped out.
+        let swapped_out = experiments.join(format!(".{study_id}.publishing-{}", "b".repeat(32)));
+        std::fs::create_dir_all(&swapped_out).unwrap();
+        std::fs::write(swapped_out.join("index.html"), "zeroth").unwrap();
+        // Another study being published right now: its turn is taken, its copy under way.
+        let other_name = OsStr::new(&other_id.to_string()).to_owned();
+        let other_turn = PublishTurn::take(&experiments, &other_name).unwrap();
+        let other_copy =
+            experiments.join(format!("{}{}", staging_prefix(&other_name), "c".repeat(32)));
+        std::fs::create_dir_all(&other_copy).unwrap();
+        std::fs::write(other_copy.join("index.html"), "other, being copied").unwrap();
+
+        let second = output(&[("index.html", "second"), ("assets/second.js", "2")]);
+        let uploaded = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            storage.upload_folder(second.path(), &study),
+        )
+        .await
+        .expect("another study's publish does not hold this one up")
+        .unwrap();
+        assert_eq!((uploaded.files, uploaded.removed), (2, 1));
+
+        assert_eq!(
+            served(&storage, &study, &published).await,
+            [
+                ("assets/second.js".to_string(), "2".to_string()),
+                ("index.html".to_string(), "second".to_string())
+            ],
+            "the study is served whole, as the second build made it"
+        );
+        assert_eq!(
+            names_in(&experiments),
+            [
+                format!(".{other_id}.lock"),
+                other_copy
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+                study_id.to_string(),
+            ],
+            "the killed publishes' folders and lock are gone; the other study's are untouched"
+        );
+        assert_eq!(
+            std::fs::read_to_string(other_copy.join("index.html")).unwrap(),
+            "other, being copied"
+        );
+        drop(other_turn);
+    }
+
+    #[tokio::test]
+    async fn publishes_of_one_study_at_the_same_time_both_succeed_and_leave_one_build_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::folder(dir.path().join("published")).unwrap();
+        let study = crate::study_prefix(uuid::Uuid::new_v4());
+        // Enough files that the copies overlap: without turns, each publish would take the
+        // other's half copy for a leftover and remove it under it.
+        let build = |name: &str| {
+            let files: Vec<(String, String)> = (0..300)
+                .map(|n| (format!("assets/{n}.js"), name.to_string()))
+                .chain([("index.html".to_string(), name.to_string())])
+                .collect();
+            let files: Vec<(&str, &str)> = files
+                .iter()
+                .map(|(path, contents)| (path.as_str(), contents.as_str()))
+                .collect();
+            output(&files)
+        };
+        let (a, b) = (build("a"), build("b"));
+        let (from_a, from_b) = tokio::join!(
+            storage.upload_folder(a.path(), &study),
+            storage.upload_folder(b.path(), &study)
+        );
+        let published = PathBuf::from(from_a.unwrap().location);
+        from_b.unwrap();
+
+        let files = served(&storage, &study, &published).await;
+        assert_eq!(files.len(), 301);
+        let winner = &files[0].1;
+        assert!(
+            files.iter().all(|(_, contents)| contents == winner),
+            "every file from the same build"
+        );
+        assert_eq!(
+            names_in(published.parent().unwrap()),
+            [published
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()],
+            "nothing beside the study"
         );
     }
 }
