@@ -3,12 +3,15 @@
 //! variables read here), so tests run in parallel without seeing each other's data.
 //!
 //! These are real servers; a test that cannot reach them fails with the command to run, it never
-//! silently passes. The one exception is [`SmallDisk`] (a real filesystem the test fills), which
-//! needs root to mount and says so when it skips.
+//! silently passes. The one exception is [`SmallDisk`] (a real filesystem the test fills, also
+//! under a [`SmallTablespace`] of the test Postgres), which needs root to mount and says so when
+//! it skips.
 
 mod small_disk;
+mod small_tablespace;
 
 pub use small_disk::SmallDisk;
+pub use small_tablespace::SmallTablespace;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
@@ -91,28 +94,37 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        // Dropping needs async I/O; do it on a thread of its own so it also works when the test's
-        // runtime is shutting down. Failure only leaves a throw-away database behind.
+        // Failure only leaves a throw-away database behind.
         let admin_url = self.admin_url.clone();
         let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(runtime) = runtime {
-                runtime.block_on(async {
-                    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
-                        let _ = sqlx::query(&format!(
-                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                        ))
-                        .execute(&mut admin)
-                        .await;
-                    }
-                });
+        on_own_thread(async move {
+            if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await;
             }
-        })
-        .join();
+        });
     }
+}
+
+/// Runs `work` to its end on a thread of its own, with a runtime of its own: for the `Drop` of a
+/// fixture (these and a test's own), which needs async I/O and must work while the test's
+/// runtime shuts down or unwinds from a failure. `None` when the thread could not run it.
+pub fn on_own_thread<F>(work: F) -> Option<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        Some(runtime.block_on(work))
+    })
+    .join()
+    .ok()
+    .flatten()
 }
 
 /// A RabbitMQ virtual host created for one test, deleted when the value is dropped.
@@ -197,21 +209,13 @@ impl Drop for TestVhost {
             .password()
             .unwrap_or_default()
             .to_string();
-        let _ = std::thread::spawn(move || {
-            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                runtime.block_on(async {
-                    let _ = reqwest::Client::new()
-                        .delete(url)
-                        .basic_auth(user, Some(password))
-                        .send()
-                        .await;
-                });
-            }
-        })
-        .join();
+        on_own_thread(async move {
+            let _ = reqwest::Client::new()
+                .delete(url)
+                .basic_auth(user, Some(password))
+                .send()
+                .await;
+        });
     }
 }
 
@@ -268,18 +272,8 @@ impl Drop for StoppedServer {
         if self.started {
             return;
         }
-        // Starting needs async I/O; a thread of its own also works while the test's runtime
-        // unwinds from a failure.
         let verb = format!("start-{}", self.server.name());
-        let _ = std::thread::spawn(move || {
-            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                runtime.block_on(test_services(&verb));
-            }
-        })
-        .join();
+        on_own_thread(async move { test_services(&verb).await });
     }
 }
 

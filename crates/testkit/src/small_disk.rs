@@ -21,7 +21,7 @@ const NO_SPACE: i32 = 28;
 pub struct SmallDisk {
     mount: PathBuf,
     /// Holds the image file and the mount point; removed after the unmount.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl SmallDisk {
@@ -61,12 +61,26 @@ impl SmallDisk {
             );
             return None;
         }
-        Some(SmallDisk { mount, _dir: dir })
+        Some(SmallDisk { mount, dir })
     }
 
     /// The disk's root folder.
     pub fn path(&self) -> &Path {
         &self.mount
+    }
+
+    /// A new folder `name` on the disk owned by the user and group `owner`, for a server that
+    /// runs as another user than the test (the test Postgres, for a tablespace). The folder that
+    /// holds the mount point becomes passable for that user (not readable).
+    pub(crate) fn folder_owned_by(&self, name: &str, owner: (u32, u32)) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let folder = self.mount.join(name);
+        std::fs::create_dir(&folder).expect("create a folder on the small disk");
+        std::os::unix::fs::chown(&folder, Some(owner.0), Some(owner.1))
+            .expect("hand the folder on the small disk over");
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("let other users pass through to the small disk");
+        folder
     }
 
     fn filler(&self) -> PathBuf {
