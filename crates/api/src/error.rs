@@ -1,7 +1,8 @@
 //! The one error type of the HTTP boundary. Every client error becomes a JSON body of JSON:API
-//! error objects (`{"errors": [{"status", "code", "title", "detail"}]}`) that says what is wrong;
-//! only failures of our own (database down, a bug) become 500, with the details logged and not
-//! sent.
+//! error objects (`{"errors": [{"status", "code", "title", "detail"}]}`) that says what is wrong.
+//! A database that cannot take requests is a 503 (unreachable, short of connections or memory)
+//! or a 507 (its disk is full) saying so; only failures of our own (a bug) become 500, with the
+//! details logged and not sent.
 
 use axum::extract::rejection::{FormRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -32,8 +33,9 @@ pub enum ApiError {
     Rejected { status: StatusCode, detail: String },
     #[error("{0}")]
     Unavailable(String),
-    /// The disk that had to take the request's data is full; the detail says which store (never
-    /// a path of this machine: callers include Pipe) and that a retry works once there is room.
+    /// The disk that had to take the request's data is full; the detail says which (a store, the
+    /// database's; never a path of this machine: callers include Pipe) and that a retry works
+    /// once there is room.
     #[error("{0}")]
     InsufficientStorage(String),
     #[error(transparent)]
@@ -65,12 +67,11 @@ impl ApiError {
 }
 
 /// Whether `error` means the database cannot be reached right now (down, restarting, refusing
-/// connections, pool exhausted) rather than a bug: worth a 503 that says so, and a retry.
+/// connections) rather than a bug: worth a 503 that says so, and a retry.
 fn database_unreachable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
         // Class 08: connection exception; class 57: operator intervention (shutdown, restart).
@@ -81,16 +82,55 @@ fn database_unreachable(error: &sqlx::Error) -> bool {
     }
 }
 
-const DATABASE_UNAVAILABLE: &str =
-    "the database is unreachable (down or restarting); try again in a moment";
+/// The answer to a database that cannot do the request for a reason of its own, not of the
+/// request's: unreachable or no connection in time (503), its disk full (507: it stays full
+/// until someone frees space), or short of another resource (class 53: connections, memory;
+/// 503). `None` for any other error. Logged here with the server's words, which the answer
+/// leaves out (they name files of the database): callers include Pipe, outside this machine.
+fn database_outage(error: &sqlx::Error) -> Option<ApiError> {
+    let answer = match error {
+        // The pool waited its bounded time: the server is down or restarting, or refuses new
+        // connections (53300, which sqlx retries while it waits), or ours are all in use.
+        sqlx::Error::PoolTimedOut => ApiError::Unavailable(
+            "the database gave no connection in time (down, restarting, or all its connections \
+             taken); try again in a moment"
+                .into(),
+        ),
+        error if database_unreachable(error) => ApiError::Unavailable(
+            "the database is unreachable (down or restarting); try again in a moment".into(),
+        ),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("53100") => ApiError::InsufficientStorage(
+                "the database's disk is full: free some space on the disk that holds the \
+                 database, then try again"
+                    .into(),
+            ),
+            Some(code) if code.starts_with("53") => {
+                let shortage = match code {
+                    "53200" => "it is out of memory",
+                    "53300" => "all its connections are taken (too many connections)",
+                    "53400" => "a configured limit was reached",
+                    _ => "it is short of resources",
+                };
+                ApiError::Unavailable(format!(
+                    "the database cannot take the request now: {shortage}; try again in a moment"
+                ))
+            }
+            _ => return None,
+        },
+        _ => return None,
+    };
+    tracing::warn!(error = %error, "the database cannot take requests");
+    Some(answer)
+}
 
-/// Database errors that client input can cause are client errors; an unreachable database is
-/// 503; everything else is ours.
+/// Database errors that client input can cause are client errors; a database that cannot take
+/// requests (unreachable, disk full, short of resources) is a 503 or 507 that says so;
+/// everything else is ours.
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        if database_unreachable(&error) {
-            tracing::warn!(error = %error, "database unreachable");
-            return ApiError::Unavailable(DATABASE_UNAVAILABLE.into());
+        if let Some(outage) = database_outage(&error) {
+            return outage;
         }
         if let sqlx::Error::Database(db) = &error {
             match db.code().as_deref() {
@@ -146,13 +186,15 @@ from_rejection!(JsonRejection, PathRejection, QueryRejection, FormRejection);
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // A database error wrapped with context on its way up is still an outage, not a bug.
-        let unreachable = matches!(&self, ApiError::Internal(error)
-            if error.chain().any(|cause| cause.downcast_ref::<sqlx::Error>().is_some_and(database_unreachable)));
-        if unreachable {
-            if let ApiError::Internal(error) = &self {
-                tracing::warn!(error = format!("{error:#}"), "database unreachable");
+        if let ApiError::Internal(error) = &self {
+            let outage = error.chain().find_map(|cause| {
+                cause
+                    .downcast_ref::<sqlx::Error>()
+                    .and_then(database_outage)
+            });
+            if let Some(outage) = outage {
+                return outage.into_response();
             }
-            return ApiError::Unavailable(DATABASE_UNAVAILABLE.into()).into_response();
         }
         let status = self.status();
         let detail = match &self {

@@ -204,7 +204,7 @@ fn pipe_signature(key: &[u8], message: &str) -> Vec<u8> {
     responses((status = 200, description = "`<old name> --> <new name>`"),
               (status = 400, description = "missing header or field, unparsable name, unknown study or response"),
               (status = 403, description = "bad signature, upload not successful, or empty payload"),
-              (status = 507, description = "the video storage is full: nothing recorded, the video keeps Pipe's name; call again later")))]
+              (status = 507, description = "the video storage or the database's disk is full: nothing recorded, the video keeps Pipe's name; call again later")))]
 async fn pipe_rename(
     State(state): State<ApiState>,
     headers: HeaderMap,
