@@ -269,9 +269,7 @@ pub(crate) mod tests {
         PgPool,
         lookit_api::demo::DemoIds,
     ) {
-        let database = lookit_testkit::fresh_database().await;
-        let pool = database.pool().await;
-        lookit_contracts::MIGRATOR.run(&pool).await.unwrap();
+        let (database, pool) = lookit_testkit::migrated_database().await;
         let ids = lookit_api::demo::seed(&pool).await.unwrap();
         (database, pool, ids)
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use lookit_config::LogConfig;
 use lookit_control::telemetry::log_file;
 use lookit_testkit::SmallDisk;
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::layer::SubscriberExt;
 
 /// What the writer reports, as the app's stderr would show it.
@@ -48,6 +49,18 @@ fn log_lines(logs: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Runs `logging` with the app's JSON log file in `logs` as the default subscriber, as the app
+/// builds it; gives what its writer reported (also to `logging`) and the writer's guard (dropping
+/// it waits for the writer thread to finish what it was given).
+fn with_json_log(logs: &Path, logging: impl FnOnce(&Reports)) -> (Reports, WorkerGuard) {
+    let reports = Reports::default();
+    let (writer, guard) = log_file(&LogConfig::default(), logs, "lookit-local", reports.clone());
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().json().with_writer(writer));
+    tracing::subscriber::with_default(subscriber, || logging(&reports));
+    (reports, guard)
+}
+
 /// Waits (a writer thread writes the file) until `condition` holds.
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -63,18 +76,9 @@ fn a_full_disk_drops_log_lines_with_one_report_and_the_file_resumes_whole_once_t
         return;
     };
     let logs = disk.path().join("logs");
-    let reports = Reports::default();
-    let (writer, _guard) = log_file(
-        &LogConfig::default(),
-        &logs,
-        "lookit-local",
-        reports.clone(),
-    );
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().json().with_writer(writer));
     let has_line = |text: &str| log_lines(&logs).iter().any(|line| line.contains(text));
 
-    tracing::subscriber::with_default(subscriber, || {
+    let (reports, _guard) = with_json_log(&logs, |reports| {
         tracing::info!("before the disk is full");
         wait_until("the first line is in the file", || {
             has_line("before the disk is full")
@@ -138,21 +142,11 @@ fn a_log_folder_that_cannot_be_made_on_a_full_disk_leaves_logging_on_stderr_said
     };
     disk.fill();
     let logs = disk.path().join("logs");
-    let reports = Reports::default();
-    let (writer, guard) = log_file(
-        &LogConfig::default(),
-        &logs,
-        "lookit-local",
-        reports.clone(),
-    );
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().json().with_writer(writer));
-    tracing::subscriber::with_default(subscriber, || {
+    let (reports, guard) = with_json_log(&logs, |_| {
         for n in 0..100 {
             tracing::info!(n, "with no log file");
         }
     });
-    // Dropping the guard waits for the writer thread to finish what it was given.
     drop(guard);
     let reported = reports.text();
     assert_eq!(

@@ -31,9 +31,7 @@ impl Drop for Running {
 
 /// A migrated database with the demo study, and the app's watchers running on it.
 async fn running() -> Running {
-    let database = lookit_testkit::fresh_database().await;
-    let pool = database.pool().await;
-    lookit_contracts::MIGRATOR.run(&pool).await.unwrap();
+    let (database, pool) = lookit_testkit::migrated_database().await;
     let study = lookit_api::demo::seed(&pool).await.unwrap().study;
     let (sender, events) = broadcast::channel(256);
     let stop = CancellationToken::new();

@@ -6,13 +6,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{connect, fixture, start_worker, wait_until, Fixture};
-use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use common::{
+    connect, dead_letters, fixture, next_delivery, start_worker, text_header, Fixture,
+    RunningWorker,
+};
+use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::BasicProperties;
 use lookit_contracts::{CleanupJob, CleanupTask, Queue};
-use lookit_worker::Publisher;
 use uuid::Uuid;
 
 /// Bodies no job of any queue parses, by name. The oversized one is far above what a job
@@ -40,20 +40,14 @@ fn garbage() -> BTreeMap<&'static str, Vec<u8>> {
     ])
 }
 
-/// Publishes every garbage body to `queue`, then waits for all of them in `<queue>.dead` and
-/// checks each one's reason.
-async fn garbage_is_dead_lettered(f: &Fixture, queue: Queue) {
+/// A worker that has dead-lettered all the garbage: every garbage body is published to `queue`,
+/// then each must arrive in `<queue>.dead` with its reason.
+async fn worker_past_garbage(queue: Queue) -> (Fixture, RunningWorker) {
+    let f = fixture().await;
+    let worker = start_worker(&f.pool, f.settings());
     let connection = connect(&f.vhost).await;
+    let mut dead = dead_letters(&connection, queue).await;
     let channel = connection.create_channel().await.unwrap();
-    let mut dead = channel
-        .basic_consume(
-            &queue.dead_letter_name(),
-            "test",
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     let garbage = garbage();
     for body in garbage.values() {
         channel
@@ -71,31 +65,17 @@ async fn garbage_is_dead_lettered(f: &Fixture, queue: Queue) {
     }
     let mut reasons = BTreeMap::new();
     while reasons.len() < garbage.len() {
-        let message = tokio::time::timeout(Duration::from_secs(60), dead.next())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{} of the garbage dead-lettered: {reasons:?}",
-                    reasons.len()
-                )
-            })
-            .unwrap()
-            .unwrap();
+        let waited = format!(
+            "the rest of the garbage ({} dead-lettered: {reasons:?})",
+            reasons.len()
+        );
+        let message = next_delivery(&mut dead, Duration::from_secs(60), &waited).await;
         message.ack(BasicAckOptions::default()).await.unwrap();
         let (name, _) = garbage
             .iter()
             .find(|(_, body)| **body == message.data)
             .expect("the dead-lettered body is one we sent, unchanged");
-        let reason = match message
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get("x-lookit-reason").cloned())
-        {
-            Some(AMQPValue::LongString(reason)) => reason.to_string(),
-            other => panic!("{name}: no reason header: {other:?}"),
-        };
-        reasons.insert(*name, reason);
+        reasons.insert(*name, text_header(&message, "x-lookit-reason"));
     }
     for (name, reason) in &reasons {
         let expected = if *name == "oversized" {
@@ -109,15 +89,13 @@ async fn garbage_is_dead_lettered(f: &Fixture, queue: Queue) {
         );
     }
     let _ = connection.close(200, "done").await;
+    (f, worker)
 }
 
 #[tokio::test]
 async fn garbage_on_the_email_queue_is_dead_lettered_and_a_valid_email_follows() {
-    let f = fixture().await;
-    let worker = start_worker(&f.pool, f.settings());
-    garbage_is_dead_lettered(&f, Queue::Email).await;
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (f, worker) = worker_past_garbage(Queue::Email).await;
+    let (_connection, publisher) = f.publisher().await;
     let context = serde_json::json!({
         "study_name": "Peekaboo", "study_id": "s", "previous_state": "active",
         "state": "paused", "changed_by": "", "comments": "",
@@ -125,18 +103,10 @@ async fn garbage_on_the_email_queue_is_dead_lettered_and_a_valid_email_follows()
     let email = f
         .queue_email(&publisher, "study_state_changed", context)
         .await;
-    wait_until(
+    f.row_for(
         "the valid email is done",
-        Duration::from_secs(60),
-        || async {
-            sqlx::query_scalar::<_, String>(
-                "SELECT status FROM emails WHERE id = $1 AND status = 'kept'",
-            )
-            .bind(email)
-            .fetch_optional(&f.pool)
-            .await
-            .unwrap()
-        },
+        "SELECT status FROM emails WHERE id = $1 AND status = 'kept'",
+        email,
     )
     .await;
     worker.stop().await;
@@ -144,11 +114,8 @@ async fn garbage_on_the_email_queue_is_dead_lettered_and_a_valid_email_follows()
 
 #[tokio::test]
 async fn garbage_on_the_cleanup_queue_is_dead_lettered_and_a_valid_task_follows() {
-    let f = fixture().await;
-    let worker = start_worker(&f.pool, f.settings());
-    garbage_is_dead_lettered(&f, Queue::Cleanup).await;
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (f, worker) = worker_past_garbage(Queue::Cleanup).await;
+    let (_connection, publisher) = f.publisher().await;
     let job_id = Uuid::new_v4();
     publisher
         .publish_job(
@@ -160,16 +127,10 @@ async fn garbage_on_the_cleanup_queue_is_dead_lettered_and_a_valid_task_follows(
         )
         .await
         .unwrap();
-    wait_until(
+    f.row_for(
         "the valid task is done",
-        Duration::from_secs(60),
-        || async {
-            sqlx::query_scalar::<_, String>("SELECT queue FROM processed_jobs WHERE job_id = $1")
-                .bind(job_id)
-                .fetch_optional(&f.pool)
-                .await
-                .unwrap()
-        },
+        "SELECT queue FROM processed_jobs WHERE job_id = $1",
+        job_id,
     )
     .await;
     worker.stop().await;
@@ -177,11 +138,8 @@ async fn garbage_on_the_cleanup_queue_is_dead_lettered_and_a_valid_task_follows(
 
 #[tokio::test]
 async fn garbage_on_the_builds_queue_is_dead_lettered_and_a_valid_build_follows() {
-    let f = fixture().await;
-    let worker = start_worker(&f.pool, f.settings());
-    garbage_is_dead_lettered(&f, Queue::Builds).await;
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (f, worker) = worker_past_garbage(Queue::Builds).await;
+    let (_connection, publisher) = f.publisher().await;
     let player = f.player("player", &[]);
     let build_id = f.request_build(&publisher, &player).await;
     assert_eq!(f.finished_build(build_id).await, "succeeded");

@@ -8,10 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::image::RemoveImageOptions;
-use common::{connect, fixture, start_worker};
-use lookit_worker::{
-    BuilderImage, BuilderImageError, BuilderImageProgress, Publisher, WorkerEvent,
-};
+use common::{fixture, start_worker};
+use lookit_worker::{BuilderImage, BuilderImageError, BuilderImageProgress, WorkerEvent};
 
 const NODE_BASE: &str = "lookit-test/node:latest";
 
@@ -147,8 +145,7 @@ async fn a_study_builds_with_the_builder_image_the_worker_built_and_its_build_st
     let worker = start_worker(&f.pool, settings);
     // The test runtime runs one task at a time: the worker has not started yet.
     let mut events = worker.events.subscribe();
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (_connection, publisher) = f.publisher().await;
     let player = ember_project(f.dir.path(), "ember-player", None);
 
     let build_id = f.request_build(&publisher, &player).await;
@@ -198,8 +195,7 @@ async fn a_failing_ember_build_fails_the_study_build_in_the_shipped_builder() {
     settings.builder_image = name.into();
     settings.build_time_limit = Duration::from_secs(600);
     let worker = start_worker(&f.pool, settings);
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (_connection, publisher) = f.publisher().await;
     let player = ember_project(
         f.dir.path(),
         "broken-player",

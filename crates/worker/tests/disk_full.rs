@@ -12,11 +12,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{connect, fixture, start_worker};
+use common::{fixture, start_worker};
 use lookit_contracts::BuildStatus;
 use lookit_storage::StoreLocation;
 use lookit_testkit::SmallDisk;
-use lookit_worker::Publisher;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -61,8 +60,7 @@ async fn a_full_disk_fails_the_build_saying_so_and_the_published_study_stays_as_
     settings.builds_dir = builds.clone();
     settings.builds_store = StoreLocation::Folder(builds.join("published"));
     let worker = start_worker(&f.pool, settings);
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (_connection, publisher) = f.publisher().await;
     let build = |player: PathBuf| {
         let (f, publisher) = (&f, &publisher);
         async move {

@@ -9,8 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, fixture, start_worker, wait_until};
-use lookit_worker::Publisher;
+use common::{assert_no_builder_container, fixture, start_worker, wait_until};
 
 fn docker_answers() -> bool {
     std::process::Command::new("docker")
@@ -85,33 +84,15 @@ async fn restarting_dockerd_mid_build_fails_the_attempt_with_the_reason_and_the_
     settings.max_attempts = 8;
     settings.retry_backoff_base = Duration::from_millis(500);
     let worker = start_worker(&f.pool, settings);
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (_connection, publisher) = f.publisher().await;
     // The test builder waits for `release` in its checkout: the build surely runs at the restart.
     let player = f.player("player", &[("WAIT_FOR_FILE", "release")]);
     let build_id = f.request_build(&publisher, &player).await;
-    let building = |attempt: i32| {
-        let pool = f.pool.clone();
-        move || {
-            let pool = pool.clone();
-            async move {
-                sqlx::query_scalar::<_, Option<String>>(
-                    "SELECT player_sha FROM builds WHERE id = $1 AND attempts = $2 \
-                     AND status = 'running' AND log LIKE '%waiting for%'",
-                )
-                .bind(build_id)
-                .bind(attempt)
-                .fetch_optional(&pool)
-                .await
-                .unwrap()
-                .flatten()
-            }
-        }
-    };
-    wait_until(
+    f.builder_waiting(
         "the first attempt is building",
         Duration::from_secs(120),
-        building(1),
+        build_id,
+        1..=1,
     )
     .await;
 
@@ -138,49 +119,22 @@ async fn restarting_dockerd_mid_build_fails_the_attempt_with_the_reason_and_the_
     tokio::task::spawn_blocking(start_dockerd).await.unwrap();
     drop(guard);
 
-    let sha = wait_until(
-        "a retry builds once the engine is back",
-        Duration::from_secs(120),
-        || {
-            let pool = f.pool.clone();
-            async move {
-                sqlx::query_scalar::<_, Option<String>>(
-                    "SELECT player_sha FROM builds WHERE id = $1 AND attempts > 1 \
-                     AND status = 'running' AND log LIKE '%waiting for%'",
-                )
-                .bind(build_id)
-                .fetch_optional(&pool)
-                .await
-                .unwrap()
-                .flatten()
-            }
-        },
-    )
-    .await;
-    std::fs::write(
-        f.builds_dir().join("checkouts").join(&sha).join("release"),
-        "",
-    )
-    .unwrap();
+    let sha = f
+        .builder_waiting(
+            "a retry builds once the engine is back",
+            Duration::from_secs(120),
+            build_id,
+            2..=i32::MAX,
+        )
+        .await;
+    f.release_builder(&sha);
     assert_eq!(f.finished_build(build_id).await, "succeeded");
     let running: i64 = sqlx::query_scalar("SELECT count(*) FROM builds WHERE status = 'running'")
         .fetch_one(&f.pool)
         .await
         .unwrap();
     assert_eq!(running, 0, "no build is left running");
-    let leftover = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("name=lookit-build-{build_id}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&leftover.stdout).trim().is_empty(),
-        "a builder container is left"
-    );
+    assert_no_builder_container(build_id).await;
     worker.stop().await;
 }
 

@@ -4,8 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, fixture, start_worker, wait_until};
-use lookit_worker::Publisher;
+use common::{fixture, start_worker, wait_until};
 
 async fn kept(pool: &sqlx::PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM emails WHERE status = 'kept'")
@@ -25,8 +24,7 @@ async fn restarting_rabbitmq_in_a_stream_of_jobs_loses_none() {
         })
     };
     {
-        let connection = connect(&f.vhost).await;
-        let publisher = Publisher::open(&connection).await.unwrap();
+        let (_connection, publisher) = f.publisher().await;
         for n in 0..30 {
             f.queue_email(&publisher, "study_state_changed", context(n))
                 .await;
@@ -38,8 +36,7 @@ async fn restarting_rabbitmq_in_a_stream_of_jobs_loses_none() {
     .await;
     lookit_testkit::TestServer::RabbitMq.restart().await;
     {
-        let connection = connect(&f.vhost).await;
-        let publisher = Publisher::open(&connection).await.unwrap();
+        let (_connection, publisher) = f.publisher().await;
         for n in 30..60 {
             f.queue_email(&publisher, "study_state_changed", context(n))
                 .await;

@@ -5,12 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, fixture, start_worker, wait_until};
+use common::{fixture, start_worker};
 use lookit_contracts::{CleanupJob, CleanupTask, Queue};
 use lookit_storage::object_store::path::Path as Key;
 use lookit_storage::object_store::{ObjectStoreExt, PutPayload};
 use lookit_storage::{below, study_prefix};
-use lookit_worker::Publisher;
 use uuid::Uuid;
 
 #[tokio::test]
@@ -21,8 +20,7 @@ async fn a_build_output_is_uploaded_to_s3_under_experiments() {
     let mut settings = f.settings();
     settings.builds_store = s3.location(&bucket, "lab-builds");
     let worker = start_worker(&f.pool, settings);
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (_connection, publisher) = f.publisher().await;
 
     let build_id = f.request_build(&publisher, &f.player("player", &[])).await;
     assert_eq!(f.finished_build(build_id).await, "succeeded");
@@ -100,27 +98,17 @@ async fn cleanup_aborts_an_abandoned_multipart_upload_in_the_video_bucket() {
         .contains("videoStream_closed_tab.mp4"));
 
     let worker = start_worker(&f.pool, settings);
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (_connection, publisher) = f.publisher().await;
     let job = CleanupJob {
         job_id: Uuid::new_v4(),
         task: CleanupTask::MultipartUploads,
     };
     publisher.publish_job(Queue::Cleanup, &job).await.unwrap();
     // The job is recorded as done once its effects are; then the bucket has no upload left.
-    wait_until(
+    f.row_for(
         "the cleanup job is done",
-        Duration::from_secs(60),
-        || async {
-            let done: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM processed_jobs WHERE job_id = $1)",
-            )
-            .bind(job.job_id)
-            .fetch_one(&f.pool)
-            .await
-            .unwrap();
-            done.then_some(())
-        },
+        "SELECT queue FROM processed_jobs WHERE job_id = $1",
+        job.job_id,
     )
     .await;
     let listing = pending_uploads().await;

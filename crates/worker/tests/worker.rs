@@ -5,12 +5,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, fixture, start_worker, wait_until};
-use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use common::{
+    assert_no_builder_container, connect, dead_letters, fixture, next_delivery, start_worker,
+    text_header, wait_until,
+};
+use lapin::options::BasicPublishOptions;
+use lapin::types::FieldTable;
 use lapin::BasicProperties;
-use lookit_worker::{Publisher, WorkerEvent};
+use lookit_contracts::Queue;
+use lookit_worker::WorkerEvent;
 
 async fn count(pool: &sqlx::PgPool, sql: &str, id: uuid::Uuid) -> i64 {
     sqlx::query_scalar(sql)
@@ -25,8 +28,7 @@ async fn a_build_request_ends_in_a_served_index_html_and_one_notice() {
     let f = fixture().await;
     let worker = start_worker(&f.pool, f.settings());
     let mut events = worker.events.subscribe();
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (_connection, publisher) = f.publisher().await;
     let player = f.player("player", &[]);
 
     let build_id = f.request_build(&publisher, &player).await;
@@ -90,8 +92,7 @@ async fn a_build_request_ends_in_a_served_index_html_and_one_notice() {
 async fn a_failing_builder_fails_the_build_with_its_stage_log_and_exactly_one_email() {
     let f = fixture().await;
     let worker = start_worker(&f.pool, f.settings());
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (_connection, publisher) = f.publisher().await;
     let player = f.player(
         "broken",
         &[("FAIL_BUILD", "Cannot find module 'ember-cli-babel'")],
@@ -167,8 +168,7 @@ async fn a_failing_builder_fails_the_build_with_its_stage_log_and_exactly_one_em
 async fn a_second_build_with_the_same_key_is_a_cache_hit() {
     let f = fixture().await;
     let worker = start_worker(&f.pool, f.settings());
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (_connection, publisher) = f.publisher().await;
     let player = f.player("player", &[]);
 
     let first = f.request_build(&publisher, &player).await;
@@ -204,16 +204,8 @@ async fn an_unparsable_message_lands_in_the_dead_letter_queue_with_its_reason() 
     let f = fixture().await;
     let worker = start_worker(&f.pool, f.settings());
     let connection = connect(&f.vhost).await;
+    let mut dead = dead_letters(&connection, Queue::Builds).await;
     let channel = connection.create_channel().await.unwrap();
-    let mut dead = channel
-        .basic_consume(
-            "builds.dead",
-            "test",
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     channel
         .basic_publish(
             "",
@@ -225,17 +217,14 @@ async fn an_unparsable_message_lands_in_the_dead_letter_queue_with_its_reason() 
         .await
         .unwrap();
 
-    let message = tokio::time::timeout(Duration::from_secs(30), dead.next())
-        .await
-        .expect("a dead-lettered message")
-        .unwrap()
-        .unwrap();
+    let message = next_delivery(
+        &mut dead,
+        Duration::from_secs(30),
+        "a dead-lettered message",
+    )
+    .await;
     assert_eq!(message.data, b"{\"build\": 42}");
-    let headers = message.properties.headers().clone().unwrap();
-    let reason = match headers.inner().get("x-lookit-reason") {
-        Some(AMQPValue::LongString(reason)) => reason.to_string(),
-        other => panic!("no reason header: {other:?}"),
-    };
+    let reason = text_header(&message, "x-lookit-reason");
     assert!(reason.starts_with("unparsable message"), "{reason}");
     worker.stop().await;
 }
@@ -244,32 +233,19 @@ async fn an_unparsable_message_lands_in_the_dead_letter_queue_with_its_reason() 
 async fn an_email_that_cannot_be_rendered_is_failed_and_dead_lettered_once() {
     let f = fixture().await;
     let worker = start_worker(&f.pool, f.settings());
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let mut dead = channel
-        .basic_consume(
-            "email.dead",
-            "test",
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (connection, publisher) = f.publisher().await;
+    let mut dead = dead_letters(&connection, Queue::Email).await;
 
     let email_id = f
         .queue_email(&publisher, "no_such_template", serde_json::json!({}))
         .await;
-    let message = tokio::time::timeout(Duration::from_secs(30), dead.next())
-        .await
-        .expect("a dead-lettered message")
-        .unwrap()
-        .unwrap();
-    let headers = message.properties.headers().clone().unwrap();
-    let last_error = match headers.inner().get("x-lookit-last-error") {
-        Some(AMQPValue::LongString(error)) => error.to_string(),
-        other => panic!("no last-error header: {other:?}"),
-    };
+    let message = next_delivery(
+        &mut dead,
+        Duration::from_secs(30),
+        "a dead-lettered message",
+    )
+    .await;
+    let last_error = text_header(&message, "x-lookit-last-error");
     assert!(
         last_error.contains("unknown email template"),
         "{last_error}"
@@ -374,8 +350,7 @@ async fn email_reaches_a_real_smtp_server_and_the_outbox() {
     let mut settings = f.settings();
     settings.smtp_url = Some(format!("smtp://127.0.0.1:{}", smtp.port).into());
     let worker = start_worker(&f.pool, settings);
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (_connection, publisher) = f.publisher().await;
 
     let email_id = f
         .queue_email(
@@ -400,16 +375,13 @@ async fn email_reaches_a_real_smtp_server_and_the_outbox() {
     );
     assert!(printed.contains(&f.admin_email), "{printed}");
 
-    let status: String = wait_until("the outbox says sent", Duration::from_secs(30), || async {
-        sqlx::query_scalar::<_, String>(
+    let status = f
+        .row_for(
+            "the outbox says sent",
             "SELECT status FROM emails WHERE id = $1 AND sent_at IS NOT NULL",
+            email_id,
         )
-        .bind(email_id)
-        .fetch_optional(&f.pool)
-        .await
-        .unwrap()
-    })
-    .await;
+        .await;
     assert_eq!(status, "sent");
     worker.stop().await;
 }
@@ -422,8 +394,7 @@ async fn sent_email_shows_the_logo_from_an_inline_part_its_html_references_by_co
     let mut settings = f.settings();
     settings.smtp_url = Some(format!("smtp://127.0.0.1:{}", smtp.port).into());
     let worker = start_worker(&f.pool, settings);
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (_connection, publisher) = f.publisher().await;
 
     f.queue_email(
         &publisher,
@@ -545,8 +516,7 @@ async fn a_running_build_cancelled_by_the_user_stops_publishes_nothing_and_the_w
     let f = fixture().await;
     let worker = start_worker(&f.pool, f.settings());
     let mut events = worker.events.subscribe();
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (connection, publisher) = f.publisher().await;
     let status_of = |wanted: uuid::Uuid| {
         move |event: &WorkerEvent| match event {
             WorkerEvent::BuildStatus {
@@ -619,23 +589,7 @@ async fn a_running_build_cancelled_by_the_user_stops_publishes_nothing_and_the_w
     );
     assert_eq!(location, None);
     assert_eq!(attempts, 1, "a cancelled build is not tried again");
-    // Its builder container is gone.
-    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
-    let containers = docker
-        .list_containers(Some(bollard::container::ListContainersOptions::<String> {
-            all: true,
-            filters: std::collections::HashMap::from([
-                (
-                    "label".to_string(),
-                    vec!["lookit-local.builder".to_string()],
-                ),
-                ("name".to_string(), vec![format!("lookit-build-{slow}")]),
-            ]),
-            ..Default::default()
-        }))
-        .await
-        .unwrap();
-    assert!(containers.is_empty(), "left behind: {containers:?}");
+    assert_no_builder_container(slow).await;
     // Nothing published, nothing announced.
     assert_eq!(std::fs::read_to_string(&index).unwrap(), published);
     assert_eq!(

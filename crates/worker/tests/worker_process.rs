@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{connect, fixture, wait_until, Fixture, BUILDER_IMAGE};
-use lookit_worker::Publisher;
+use common::{assert_no_builder_container, fixture, wait_until, Fixture, BUILDER_IMAGE};
 
 fn spawn_worker(f: &Fixture) -> tokio::process::Child {
     spawn_worker_with(f, &[])
@@ -28,51 +27,32 @@ fn spawn_worker_with(f: &Fixture, extra_env: &[(&str, &str)]) -> tokio::process:
 #[tokio::test]
 async fn killing_the_worker_mid_build_leads_to_exactly_one_completed_build() {
     let f = fixture().await;
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (_connection, publisher) = f.publisher().await;
     // The test builder waits for `release` to appear in its checkout: the build is surely
     // running when the worker is killed.
     let player = f.player("player", &[("WAIT_FOR_FILE", "release")]);
     let build_id = f.request_build(&publisher, &player).await;
 
     let mut first = spawn_worker(&f);
-    let waiting = |attempt: i32| {
-        let pool = f.pool.clone();
-        move || {
-            let pool = pool.clone();
-            async move {
-                sqlx::query_scalar::<_, Option<String>>(
-                    "SELECT player_sha FROM builds WHERE id = $1 AND attempts = $2 AND log LIKE '%waiting for%'",
-                )
-                .bind(build_id)
-                .bind(attempt)
-                .fetch_optional(&pool)
-                .await
-                .unwrap()
-                .flatten()
-            }
-        }
-    };
-    wait_until(
+    f.builder_waiting(
         "the first attempt is building",
         Duration::from_secs(60),
-        waiting(1),
+        build_id,
+        1..=1,
     )
     .await;
     first.kill().await.unwrap();
 
     let mut second = spawn_worker(&f);
-    let sha = wait_until(
-        "the redelivered job builds again",
-        Duration::from_secs(60),
-        waiting(2),
-    )
-    .await;
-    std::fs::write(
-        f.builds_dir().join("checkouts").join(&sha).join("release"),
-        "",
-    )
-    .unwrap();
+    let sha = f
+        .builder_waiting(
+            "the redelivered job builds again",
+            Duration::from_secs(60),
+            build_id,
+            2..=2,
+        )
+        .await;
+    f.release_builder(&sha);
     assert_eq!(f.finished_build(build_id).await, "succeeded");
 
     let succeeded: i64 = sqlx::query_scalar(
@@ -98,19 +78,7 @@ async fn killing_the_worker_mid_build_leads_to_exactly_one_completed_build() {
         .unwrap();
     assert_eq!(emails, 1);
     // The killed worker's container was replaced, not left running.
-    let leftover = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("name=lookit-build-{build_id}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&leftover.stdout).trim().is_empty(),
-        "a builder container is left"
-    );
+    assert_no_builder_container(build_id).await;
     second.kill().await.unwrap();
 }
 
@@ -224,8 +192,7 @@ async fn killing_the_worker_with_twenty_emails_in_flight_sends_each_exactly_once
     let f = fixture().await;
     let smtp = GatedSmtp::start().await;
     let smtp_url = format!("smtp://127.0.0.1:{}", smtp.port);
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (_connection, publisher) = f.publisher().await;
     let mut emails = Vec::new();
     for n in 0..20 {
         let context = serde_json::json!({
@@ -292,8 +259,7 @@ async fn killing_the_worker_with_twenty_emails_in_flight_sends_each_exactly_once
 #[tokio::test]
 async fn a_cancel_reaches_a_build_running_in_a_separate_worker_process() {
     let f = fixture().await;
-    let connection = connect(&f.vhost).await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let (_connection, publisher) = f.publisher().await;
     let mut worker = spawn_worker(&f);
     // The test builder waits for a file nobody writes: the build runs until it is stopped.
     let player = f.player("slow", &[("WAIT_FOR_FILE", "release")]);
@@ -325,19 +291,7 @@ async fn a_cancel_reaches_a_build_running_in_a_separate_worker_process() {
     .await;
     assert!(log.contains("published version is unchanged"), "{log}");
     assert_eq!(f.build_status(build_id).await, "cancelled");
-    let leftover = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("name=lookit-build-{build_id}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&leftover.stdout).trim().is_empty(),
-        "a builder container is left"
-    );
+    assert_no_builder_container(build_id).await;
 
     // The process goes on with the next build.
     let next = f.request_build(&publisher, &f.player("next", &[])).await;

@@ -340,16 +340,14 @@ async fn the_end_to_end_check_names_the_service_the_api_cannot_reach() {
 
 #[tokio::test]
 async fn the_check_of_an_api_without_a_health_route_leaves_database_and_broker_unchecked() {
-    crate::common::install_crypto();
-    let db = crate::common::migrated_database().await;
+    let (_db, pool) = lookit_testkit::migrated_database().await;
     let (api, _api_stop) =
         crate::common::serve(axum::Router::new().route("/", axum::routing::get(|| async { "hi" })))
             .await;
     let bore = crate::common::BoreHost::start().await;
     let target =
         lookit_tunnel::ApiTarget::new(format!("http://{api}").parse().unwrap(), None).unwrap();
-    let tunnel =
-        lookit_tunnel::Tunnel::new(db.pool().await, target, InspectorSettings::default()).unwrap();
+    let tunnel = lookit_tunnel::Tunnel::new(pool, target, InspectorSettings::default()).unwrap();
     let settings = lookit_tunnel::TunnelSettings {
         provider: lookit_tunnel::ProviderSettings::Bore {
             server: bore.control.to_string().parse().unwrap(),
@@ -374,8 +372,7 @@ async fn the_check_of_an_api_without_a_health_route_leaves_database_and_broker_u
 
 #[tokio::test]
 async fn an_api_whose_health_route_hangs_is_named_with_what_may_hang_behind_it() {
-    crate::common::install_crypto();
-    let db = crate::common::migrated_database().await;
+    let (_db, pool) = lookit_testkit::migrated_database().await;
     // As the real API does while its database is down: the health route waits on the pool.
     let (api, _api_stop) = crate::common::serve(axum::Router::new().route(
         "/api/health/",
@@ -385,8 +382,7 @@ async fn an_api_whose_health_route_hangs_is_named_with_what_may_hang_behind_it()
     let bore = crate::common::BoreHost::start().await;
     let target =
         lookit_tunnel::ApiTarget::new(format!("http://{api}").parse().unwrap(), None).unwrap();
-    let tunnel =
-        lookit_tunnel::Tunnel::new(db.pool().await, target, InspectorSettings::default()).unwrap();
+    let tunnel = lookit_tunnel::Tunnel::new(pool, target, InspectorSettings::default()).unwrap();
     let settings = lookit_tunnel::TunnelSettings {
         provider: lookit_tunnel::ProviderSettings::Bore {
             server: bore.control.to_string().parse().unwrap(),
@@ -413,7 +409,7 @@ async fn an_api_whose_health_route_hangs_is_named_with_what_may_hang_behind_it()
 
 #[tokio::test]
 async fn a_bore_server_with_a_secret_refuses_a_client_without_one() {
-    crate::common::install_crypto();
+    lookit_testkit::install_crypto_provider();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let control = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -443,15 +439,14 @@ async fn a_bore_server_with_a_secret_refuses_a_client_without_one() {
 
 #[tokio::test]
 async fn an_https_api_signed_by_the_local_ca_is_reached_through_the_tunnel() {
-    crate::common::install_crypto();
-    let db = crate::common::migrated_database().await;
+    let (_db, pool) = lookit_testkit::migrated_database().await;
     let (api, log, ca_pem) = crate::common::start_https_api().await;
     let bore = crate::common::BoreHost::start().await;
     let target =
         lookit_tunnel::ApiTarget::new(format!("https://{api}").parse().unwrap(), Some(ca_pem))
             .unwrap();
     let tunnel =
-        lookit_tunnel::Tunnel::new(db.pool().await, target, InspectorSettings::default()).unwrap();
+        lookit_tunnel::Tunnel::new(pool.clone(), target, InspectorSettings::default()).unwrap();
     let settings = lookit_tunnel::TunnelSettings {
         provider: lookit_tunnel::ProviderSettings::Bore {
             server: bore.control.to_string().parse().unwrap(),
@@ -474,7 +469,7 @@ async fn an_https_api_signed_by_the_local_ca_is_reached_through_the_tunnel() {
 
     // Without the CA the API's certificate is not trusted, and the check says so.
     let untrusting = lookit_tunnel::Tunnel::new(
-        db.pool().await,
+        pool,
         lookit_tunnel::ApiTarget::new(format!("https://{api}").parse().unwrap(), None).unwrap(),
         InspectorSettings::default(),
     )

@@ -10,13 +10,11 @@ use serde_json::Value;
 
 #[tokio::test]
 async fn without_an_authtoken_the_user_is_told_where_to_get_one() {
-    crate::common::install_crypto();
-    let db = crate::common::migrated_database().await;
+    let (_db, pool) = lookit_testkit::migrated_database().await;
     let (api, _, _, _stop) = crate::common::start_api().await;
     let target =
         lookit_tunnel::ApiTarget::new(format!("http://{api}").parse().unwrap(), None).unwrap();
-    let tunnel =
-        lookit_tunnel::Tunnel::new(db.pool().await, target, InspectorSettings::default()).unwrap();
+    let tunnel = lookit_tunnel::Tunnel::new(pool, target, InspectorSettings::default()).unwrap();
     let settings = TunnelSettings {
         provider: ProviderSettings::Ngrok {
             authtoken: None,
@@ -46,7 +44,7 @@ async fn without_an_authtoken_the_user_is_told_where_to_get_one() {
 
 #[tokio::test]
 async fn without_network_the_user_is_told_to_check_the_connection() {
-    crate::common::install_crypto();
+    lookit_testkit::install_crypto_provider();
     // Port 1 on loopback refuses connections, as an offline ingress would.
     let provider = NgrokProvider::new(
         Some(SecretString::from("2abcdefghijklmnop_not-a-real-token")),
@@ -91,7 +89,7 @@ async fn with_an_authtoken_ngrok_serves_the_api_at_a_public_url() {
         eprintln!("skipped: NGROK_AUTHTOKEN is not set, so no real ngrok tunnel can be opened");
         return;
     };
-    crate::common::install_crypto();
+    lookit_testkit::install_crypto_provider();
     let (api, log, _, _stop) = crate::common::start_api().await;
     let provider = NgrokProvider::new(Some(authtoken), None, None).unwrap();
     let tunnel = provider.open(api).await.unwrap();

@@ -2,10 +2,11 @@
 //! queues, a study with an admin, and a folder frameplayer.
 #![allow(dead_code)] // each test binary uses its own part of these fixtures
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lookit_contracts::{BuildJob, EmailJob, Queue, MIGRATOR};
+use lookit_contracts::{BuildJob, EmailJob, Queue};
 use lookit_testkit::{TestDatabase, TestVhost};
 use lookit_worker::{Publisher, WorkerEvent, WorkerSettings};
 use secrecy::SecretString;
@@ -26,10 +27,8 @@ pub struct Fixture {
 }
 
 pub async fn fixture() -> Fixture {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let db = lookit_testkit::fresh_database().await;
-    let pool = db.pool().await;
-    MIGRATOR.run(&pool).await.expect("migrate");
+    lookit_testkit::install_crypto_provider();
+    let (db, pool) = lookit_testkit::migrated_database().await;
     let vhost = lookit_testkit::fresh_vhost().await;
     let connection = connect(&vhost).await;
     let channel = connection.create_channel().await.unwrap();
@@ -103,6 +102,16 @@ impl Fixture {
         settings
     }
 
+    /// A connection to the test vhost with a publisher (with confirms) on it, as the API's
+    /// outbox relay publishes. The publisher works while the connection is kept.
+    pub async fn publisher(&self) -> (lapin::Connection, Publisher) {
+        let connection = connect(&self.vhost).await;
+        let publisher = Publisher::open(&connection)
+            .await
+            .expect("open a publisher on the test vhost");
+        (connection, publisher)
+    }
+
     /// A frameplayer folder with the given files (paths relative to it).
     pub fn player(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
         let dir = self.dir.path().join(name);
@@ -170,6 +179,57 @@ impl Fixture {
             .unwrap()
     }
 
+    /// Waits until an attempt of the build numbered within `attempts` runs the test builder and
+    /// it waits for its `release` file (a player with `WAIT_FOR_FILE`), and gives the commit it
+    /// checked out (for [`Self::release_builder`]).
+    pub async fn builder_waiting(
+        &self,
+        what: &str,
+        limit: Duration,
+        build_id: Uuid,
+        attempts: RangeInclusive<i32>,
+    ) -> String {
+        wait_until(what, limit, || async {
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT player_sha FROM builds WHERE id = $1 AND attempts BETWEEN $2 AND $3 \
+                 AND status = 'running' AND log LIKE '%waiting for%'",
+            )
+            .bind(build_id)
+            .bind(attempts.start())
+            .bind(attempts.end())
+            .fetch_optional(&self.pool)
+            .await
+            .unwrap()
+            .flatten()
+        })
+        .await
+    }
+
+    /// Lets the test builder waiting in the checkout of commit `sha` go on.
+    pub fn release_builder(&self, sha: &str) {
+        std::fs::write(
+            self.builds_dir()
+                .join("checkouts")
+                .join(sha)
+                .join("release"),
+            "",
+        )
+        .expect("write the release file into the checkout");
+    }
+
+    /// Waits up to a minute until `sql` (one text column, `$1` bound to `id`) finds a row, and
+    /// gives its value: the worker's effects reach the test through the database only.
+    pub async fn row_for(&self, what: &str, sql: &str, id: Uuid) -> String {
+        wait_until(what, Duration::from_secs(60), || async {
+            sqlx::query_scalar::<_, String>(sql)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .unwrap()
+        })
+        .await
+    }
+
     /// Waits until the build is over (no event reaches the test from another process, so the
     /// row is polled, with a deadline).
     pub async fn finished_build(&self, build_id: Uuid) -> String {
@@ -181,6 +241,65 @@ impl Fixture {
         })
         .await
     }
+}
+
+/// A consumer of `<queue>.dead` on a channel of its own on `connection`.
+pub async fn dead_letters(connection: &lapin::Connection, queue: Queue) -> lapin::Consumer {
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_consume(
+            &queue.dead_letter_name(),
+            "test",
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("consume the dead letters")
+}
+
+/// The next message `consumer` delivers (not acknowledged); the test fails after `limit`, saying
+/// it was waiting for `what`.
+pub async fn next_delivery(
+    consumer: &mut lapin::Consumer,
+    limit: Duration,
+    what: &str,
+) -> lapin::message::Delivery {
+    use futures::StreamExt;
+    tokio::time::timeout(limit, consumer.next())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .expect("the consumer is open")
+        .expect("a delivery")
+}
+
+/// A text header of a message, as the worker sets `x-lookit-reason` and `x-lookit-last-error`
+/// on what it dead-letters; the test fails when the message has none.
+pub fn text_header(message: &lapin::message::Delivery, name: &str) -> String {
+    let headers = message.properties.headers();
+    match headers.as_ref().and_then(|h| h.inner().get(name)) {
+        Some(lapin::types::AMQPValue::LongString(text)) => text.to_string(),
+        other => panic!("no {name} header ({other:?}) in {headers:?}"),
+    }
+}
+
+/// Fails unless the builder container of the build is gone (stopped and removed).
+pub async fn assert_no_builder_container(build_id: Uuid) {
+    let docker = bollard::Docker::connect_with_local_defaults().expect("a Docker engine");
+    let containers = docker
+        .list_containers(Some(bollard::container::ListContainersOptions::<String> {
+            all: true,
+            filters: std::collections::HashMap::from([(
+                "name".to_string(),
+                vec![format!("lookit-build-{build_id}")],
+            )]),
+            ..Default::default()
+        }))
+        .await
+        .expect("list the Docker engine's containers");
+    assert!(
+        containers.is_empty(),
+        "a builder container is left: {containers:?}"
+    );
 }
 
 /// Polls `condition` until it gives a value or `limit` passes (then the test fails with `what`).

@@ -2,7 +2,6 @@
 //! loopback, a stand-in Lookit API and a stand-in control panel, each on port 0.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -190,22 +189,6 @@ pub struct World {
     pub bore: BoreHost,
 }
 
-pub fn install_crypto() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-pub async fn migrated_database() -> TestDatabase {
-    let db = lookit_testkit::fresh_database().await;
-    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
-    sqlx::migrate::Migrator::new(migrations)
-        .await
-        .unwrap()
-        .run(&db.pool().await)
-        .await
-        .unwrap();
-    db
-}
-
 pub fn fast_guardian() -> GuardianSettings {
     GuardianSettings {
         probe_interval: Duration::from_secs(3600),
@@ -217,12 +200,11 @@ pub fn fast_guardian() -> GuardianSettings {
 
 impl World {
     pub async fn new(inspector: InspectorSettings) -> World {
-        install_crypto();
-        let db = migrated_database().await;
+        let (db, pool) = lookit_testkit::migrated_database().await;
         let (api, api_log, api_health, api_stop) = start_api().await;
         let bore = BoreHost::start().await;
         let target = ApiTarget::new(format!("http://{api}").parse().unwrap(), None).unwrap();
-        let tunnel = Tunnel::new(db.pool().await, target, inspector).unwrap();
+        let tunnel = Tunnel::new(pool, target, inspector).unwrap();
         World {
             _db: db,
             tunnel,
