@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::{wait_for_status, World};
+use crate::common::{tunnel_to, wait_for_status, World};
 use lookit_status::TunnelState;
 use lookit_tunnel::{HopResult, InspectorSettings, TunnelError};
 use serde_json::Value;
@@ -345,17 +345,11 @@ async fn the_check_of_an_api_without_a_health_route_leaves_database_and_broker_u
         crate::common::serve(axum::Router::new().route("/", axum::routing::get(|| async { "hi" })))
             .await;
     let bore = crate::common::BoreHost::start().await;
-    let target =
-        lookit_tunnel::ApiTarget::new(format!("http://{api}").parse().unwrap(), None).unwrap();
-    let tunnel = lookit_tunnel::Tunnel::new(pool, target, InspectorSettings::default()).unwrap();
-    let settings = lookit_tunnel::TunnelSettings {
-        provider: lookit_tunnel::ProviderSettings::Bore {
-            server: bore.control.to_string().parse().unwrap(),
-            secret: None,
-        },
-        guardian: crate::common::fast_guardian(),
-    };
-    tunnel.start(settings, "ada@lab.example").await.unwrap();
+    let tunnel = tunnel_to(pool, &format!("http://{api}"), None, Default::default());
+    tunnel
+        .start(bore.settings(), "ada@lab.example")
+        .await
+        .unwrap();
     let check = tunnel.check().await.unwrap();
     assert_eq!(check.api, HopResult::Ok);
     assert_eq!(check.database, HopResult::NotChecked);
@@ -380,19 +374,9 @@ async fn an_api_whose_health_route_hangs_is_named_with_what_may_hang_behind_it()
     ))
     .await;
     let bore = crate::common::BoreHost::start().await;
-    let target =
-        lookit_tunnel::ApiTarget::new(format!("http://{api}").parse().unwrap(), None).unwrap();
-    let tunnel = lookit_tunnel::Tunnel::new(pool, target, InspectorSettings::default()).unwrap();
-    let settings = lookit_tunnel::TunnelSettings {
-        provider: lookit_tunnel::ProviderSettings::Bore {
-            server: bore.control.to_string().parse().unwrap(),
-            secret: None,
-        },
-        guardian: lookit_tunnel::GuardianSettings {
-            probe_timeout: Duration::from_secs(1),
-            ..crate::common::fast_guardian()
-        },
-    };
+    let tunnel = tunnel_to(pool, &format!("http://{api}"), None, Default::default());
+    let mut settings = bore.settings();
+    settings.guardian.probe_timeout = Duration::from_secs(1);
     tunnel.start(settings, "ada@lab.example").await.unwrap();
     let check = tunnel.check().await.unwrap();
     assert_eq!(check.public_url, HopResult::Ok);
@@ -442,19 +426,12 @@ async fn an_https_api_signed_by_the_local_ca_is_reached_through_the_tunnel() {
     let (_db, pool) = lookit_testkit::migrated_database().await;
     let (api, log, ca_pem) = crate::common::start_https_api().await;
     let bore = crate::common::BoreHost::start().await;
-    let target =
-        lookit_tunnel::ApiTarget::new(format!("https://{api}").parse().unwrap(), Some(ca_pem))
-            .unwrap();
-    let tunnel =
-        lookit_tunnel::Tunnel::new(pool.clone(), target, InspectorSettings::default()).unwrap();
-    let settings = lookit_tunnel::TunnelSettings {
-        provider: lookit_tunnel::ProviderSettings::Bore {
-            server: bore.control.to_string().parse().unwrap(),
-            secret: None,
-        },
-        guardian: crate::common::fast_guardian(),
-    };
-    let status = tunnel.start(settings, "ada@lab.example").await.unwrap();
+    let api_url = format!("https://{api}");
+    let tunnel = tunnel_to(pool.clone(), &api_url, Some(ca_pem), Default::default());
+    let status = tunnel
+        .start(bore.settings(), "ada@lab.example")
+        .await
+        .unwrap();
     let public_url = status.public_url.unwrap();
     let seen: Value = reqwest::get(format!("{public_url}exp/studies/"))
         .await
@@ -468,20 +445,11 @@ async fn an_https_api_signed_by_the_local_ca_is_reached_through_the_tunnel() {
     let reached = log.requests().len();
 
     // Without the CA the API's certificate is not trusted, and the check says so.
-    let untrusting = lookit_tunnel::Tunnel::new(
-        pool,
-        lookit_tunnel::ApiTarget::new(format!("https://{api}").parse().unwrap(), None).unwrap(),
-        InspectorSettings::default(),
-    )
-    .unwrap();
-    let settings = lookit_tunnel::TunnelSettings {
-        provider: lookit_tunnel::ProviderSettings::Bore {
-            server: bore.control.to_string().parse().unwrap(),
-            secret: None,
-        },
-        guardian: crate::common::fast_guardian(),
-    };
-    untrusting.start(settings, "ada@lab.example").await.unwrap();
+    let untrusting = tunnel_to(pool, &api_url, None, Default::default());
+    untrusting
+        .start(bore.settings(), "ada@lab.example")
+        .await
+        .unwrap();
     let check = untrusting.check().await.unwrap();
     assert!(matches!(check.api, HopResult::Failed(_)), "{check:?}");
     assert_eq!(log.requests().len(), reached, "nothing reached the API");

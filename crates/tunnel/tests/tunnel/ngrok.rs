@@ -2,8 +2,8 @@
 
 use lookit_status::TunnelState;
 use lookit_tunnel::{
-    ngrok_authtoken_from_env, InspectorSettings, NgrokProvider, ProviderSettings, TunnelError,
-    TunnelProvider, TunnelSettings,
+    ngrok_authtoken_from_env, NgrokProvider, ProviderSettings, TunnelError, TunnelProvider,
+    TunnelSettings,
 };
 use secrecy::SecretString;
 use serde_json::Value;
@@ -12,9 +12,7 @@ use serde_json::Value;
 async fn without_an_authtoken_the_user_is_told_where_to_get_one() {
     let (_db, pool) = lookit_testkit::migrated_database().await;
     let (api, _, _, _stop) = crate::common::start_api().await;
-    let target =
-        lookit_tunnel::ApiTarget::new(format!("http://{api}").parse().unwrap(), None).unwrap();
-    let tunnel = lookit_tunnel::Tunnel::new(pool, target, InspectorSettings::default()).unwrap();
+    let tunnel = crate::common::tunnel_to(pool, &format!("http://{api}"), None, Default::default());
     let settings = TunnelSettings {
         provider: ProviderSettings::Ngrok {
             authtoken: None,

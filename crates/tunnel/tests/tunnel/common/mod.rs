@@ -166,6 +166,17 @@ impl BoreHost {
         BoreHost { control, stop }
     }
 
+    /// Settings that share through this server, with a guardian that reacts within the test.
+    pub fn settings(&self) -> TunnelSettings {
+        TunnelSettings {
+            provider: ProviderSettings::Bore {
+                server: self.control.to_string().parse().unwrap(),
+                secret: None,
+            },
+            guardian: fast_guardian(),
+        }
+    }
+
     /// Takes the server away: its control port and every tunnel close.
     pub fn stop(&self) {
         self.stop.cancel();
@@ -198,13 +209,23 @@ pub fn fast_guardian() -> GuardianSettings {
     }
 }
 
+/// A tunnel (not started) to the API at `api_url`, trusting `ca_pem` for an `https://` one.
+pub fn tunnel_to(
+    pool: sqlx::PgPool,
+    api_url: &str,
+    ca_pem: Option<Vec<u8>>,
+    inspector: InspectorSettings,
+) -> Tunnel {
+    let target = ApiTarget::new(api_url.parse().unwrap(), ca_pem).unwrap();
+    Tunnel::new(pool, target, inspector).unwrap()
+}
+
 impl World {
     pub async fn new(inspector: InspectorSettings) -> World {
         let (db, pool) = lookit_testkit::migrated_database().await;
         let (api, api_log, api_health, api_stop) = start_api().await;
         let bore = BoreHost::start().await;
-        let target = ApiTarget::new(format!("http://{api}").parse().unwrap(), None).unwrap();
-        let tunnel = Tunnel::new(pool, target, inspector).unwrap();
+        let tunnel = tunnel_to(pool, &format!("http://{api}"), None, inspector);
         World {
             _db: db,
             tunnel,
@@ -216,21 +237,11 @@ impl World {
         }
     }
 
-    pub fn bore_settings(&self) -> TunnelSettings {
-        TunnelSettings {
-            provider: ProviderSettings::Bore {
-                server: self.bore.control.to_string().parse().unwrap(),
-                secret: None,
-            },
-            guardian: fast_guardian(),
-        }
-    }
-
     /// Starts sharing through the bore server; returns the public URL.
     pub async fn share(&self) -> String {
         let status = self
             .tunnel
-            .start(self.bore_settings(), "ada@lab.example")
+            .start(self.bore.settings(), "ada@lab.example")
             .await
             .unwrap();
         status.public_url.expect("an open tunnel has a public URL")
