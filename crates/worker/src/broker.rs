@@ -155,6 +155,10 @@ pub enum JobError {
     Interrupted,
 }
 
+/// Every database error is worth another attempt: the job's transaction rolled back, and what
+/// stopped it passes with time or with someone's help (the server restarting, its disk full
+/// (53100) until space is freed, too many connections or out of memory: class 53). The broker's
+/// backoff gives it that time; the job is dead-lettered only once its attempts are spent.
 impl From<sqlx::Error> for JobError {
     fn from(error: sqlx::Error) -> Self {
         JobError::Retry(error.into())
