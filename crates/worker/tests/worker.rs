@@ -15,14 +15,6 @@ use lapin::BasicProperties;
 use lookit_contracts::Queue;
 use lookit_worker::WorkerEvent;
 
-async fn count(pool: &sqlx::PgPool, sql: &str, id: uuid::Uuid) -> i64 {
-    sqlx::query_scalar(sql)
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_build_request_ends_in_a_served_index_html_and_one_notice() {
     let f = fixture().await;
@@ -76,15 +68,7 @@ async fn a_build_request_ends_in_a_served_index_html_and_one_notice() {
     })
     .await;
     assert_eq!((to, status.as_str()), (vec![f.admin_email.clone()], "kept"));
-    assert_eq!(
-        count(
-            &f.pool,
-            "SELECT count(*) FROM study_logs WHERE study_id = $1 AND action = 'deployed'",
-            f.study_id
-        )
-        .await,
-        1
-    );
+    assert_eq!(f.study_log_entries(Some("deployed")).await, 1);
     worker.stop().await;
 }
 
@@ -143,24 +127,8 @@ async fn a_failing_builder_fails_the_build_with_its_stage_log_and_exactly_one_em
         body.contains("\"build\"") && body.contains("ember-cli-babel"),
         "{body}"
     );
-    assert_eq!(
-        count(
-            &f.pool,
-            "SELECT count(*) FROM emails WHERE build_id = $1",
-            build_id
-        )
-        .await,
-        1
-    );
-    assert_eq!(
-        count(
-            &f.pool,
-            "SELECT count(*) FROM study_logs WHERE study_id = $1 AND action = 'failed to build'",
-            f.study_id
-        )
-        .await,
-        1
-    );
+    assert_eq!(f.emails_of(build_id).await, 1);
+    assert_eq!(f.study_log_entries(Some("failed to build")).await, 1);
     worker.stop().await;
 }
 
@@ -592,22 +560,9 @@ async fn a_running_build_cancelled_by_the_user_stops_publishes_nothing_and_the_w
     assert_no_builder_container(slow).await;
     // Nothing published, nothing announced.
     assert_eq!(std::fs::read_to_string(&index).unwrap(), published);
+    assert_eq!(f.emails_of(slow).await, 0);
     assert_eq!(
-        count(
-            &f.pool,
-            "SELECT count(*) FROM emails WHERE build_id = $1",
-            slow
-        )
-        .await,
-        0
-    );
-    assert_eq!(
-        count(
-            &f.pool,
-            "SELECT count(*) FROM study_logs WHERE study_id = $1",
-            f.study_id
-        )
-        .await,
+        f.study_log_entries(None).await,
         1,
         "only the first build's `deployed` entry"
     );

@@ -63,20 +63,8 @@ async fn killing_the_worker_mid_build_leads_to_exactly_one_completed_build() {
     .await
     .unwrap();
     assert_eq!(succeeded, 1);
-    let deployed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM study_logs WHERE study_id = $1 AND action = 'deployed'",
-    )
-    .bind(f.study_id)
-    .fetch_one(&f.pool)
-    .await
-    .unwrap();
-    assert_eq!(deployed, 1);
-    let emails: i64 = sqlx::query_scalar("SELECT count(*) FROM emails WHERE build_id = $1")
-        .bind(build_id)
-        .fetch_one(&f.pool)
-        .await
-        .unwrap();
-    assert_eq!(emails, 1);
+    assert_eq!(f.study_log_entries(Some("deployed")).await, 1);
+    assert_eq!(f.emails_of(build_id).await, 1);
     // The killed worker's container was replaced, not left running.
     assert_no_builder_container(build_id).await;
     second.kill().await.unwrap();

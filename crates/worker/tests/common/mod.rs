@@ -171,6 +171,27 @@ impl Fixture {
         email_id
     }
 
+    /// How many entries the study's log has, of `action` only when one is given.
+    pub async fn study_log_entries(&self, action: Option<&str>) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM study_logs WHERE study_id = $1 AND ($2::text IS NULL OR action = $2)",
+        )
+        .bind(self.study_id)
+        .bind(action)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// How many emails the build caused (its notice).
+    pub async fn emails_of(&self, build_id: Uuid) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM emails WHERE build_id = $1")
+            .bind(build_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
     pub async fn build_status(&self, build_id: Uuid) -> String {
         sqlx::query_scalar("SELECT status FROM builds WHERE id = $1")
             .bind(build_id)
