@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{lookit, output, up_until_ready};
+use common::{build_the_demo_study, lookit, output, up_until_ready, BuiltDemo, TEST_BUILDER};
 
 #[test]
 fn a_bad_config_stops_every_command_with_key_file_and_line() {
@@ -172,38 +172,13 @@ fn up_status_env_and_down_on_the_native_backend() {
 #[test]
 fn build_a_demo_study_from_a_player_folder_and_serve_it() {
     let home = tempfile::tempdir().unwrap();
-    // The test builder honours Lookit's build contract (scripts/build-test-images makes it).
-    let builder = [(
-        "LOOKIT_LOCAL__BUILDS__BUILDER_IMAGE",
-        "lookit-test/builder:latest",
-    )];
-    let running = up_until_ready(home.path(), &builder);
-    let (ok, json, stderr) = output(
-        lookit(home.path())
-            .envs(builder)
-            .args(["demo", "seed", "--json"]),
-    );
-    assert!(ok, "{stderr}");
-    let ids: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let study = ids["study"]
-        .as_str()
-        .expect("demo seed prints the study id")
-        .to_string();
-
-    let player = tempfile::tempdir().unwrap();
-    std::fs::write(
-        player.path().join("package.json"),
-        "{\"name\": \"frameplayer\"}",
-    )
-    .unwrap();
-    let (ok, log, stderr) = output(lookit(home.path()).envs(builder).args([
-        "build",
-        &study,
-        "--player",
-        player.path().to_str().unwrap(),
-        "--wait",
-    ]));
-    assert!(ok, "build failed:\n{log}\n{stderr}");
+    let running = up_until_ready(home.path(), &TEST_BUILDER);
+    let BuiltDemo {
+        study,
+        player: _player,
+        build_log: log,
+        ..
+    } = build_the_demo_study(home.path());
     assert!(
         log.contains("build finished"),
         "the builder's log was not followed:\n{log}"

@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{lookit, output, up_until_ready};
+use common::{build_the_demo_study, lookit, output, up_until_ready, TEST_BUILDER};
 
 /// Process ids of `root` and all its descendants, plus any process whose command line names
 /// `home` (servers that daemonize leave the tree but keep their data folder in their arguments).
@@ -136,39 +136,13 @@ fn a_full_run_listens_on_loopback_only_and_never_logs_a_secret() {
         tokio::spawn(server.run(control, bore_stop.clone()));
         address.to_string()
     });
-    let builder = [(
-        "LOOKIT_LOCAL__BUILDS__BUILDER_IMAGE",
-        "lookit-test/builder:latest",
-    )];
-    let running = up_until_ready(home.path(), &builder);
+    let running = up_until_ready(home.path(), &TEST_BUILDER);
     let mut printed = String::new();
 
-    let (ok, json, stderr) = output(
-        lookit(home.path())
-            .envs(builder)
-            .args(["demo", "seed", "--json"]),
-    );
-    assert!(ok, "{stderr}");
-    printed.push_str(&json);
-    printed.push_str(&stderr);
-    let ids: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let study = ids["study"].as_str().unwrap().to_string();
-    let player = tempfile::tempdir().unwrap();
-    std::fs::write(
-        player.path().join("package.json"),
-        "{\"name\": \"frameplayer\"}",
-    )
-    .unwrap();
-    let (ok, log, stderr) = output(lookit(home.path()).envs(builder).args([
-        "build",
-        &study,
-        "--player",
-        player.path().to_str().unwrap(),
-        "--wait",
-    ]));
-    assert!(ok, "build failed:\n{log}\n{stderr}");
-    printed.push_str(&log);
-    printed.push_str(&stderr);
+    let demo = build_the_demo_study(home.path());
+    printed.push_str(&demo.seed_output);
+    printed.push_str(&demo.build_log);
+    printed.push_str(&demo.build_stderr);
 
     let (ok, out, stderr) = output(lookit(home.path()).args([
         "tunnel",

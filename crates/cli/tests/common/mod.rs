@@ -119,3 +119,61 @@ pub fn up_until_ready(home: &Path, extra_env: &[(&str, &str)]) -> Running {
     wait_for_line(&lines, "Stack ready");
     running
 }
+
+/// Settings for the test builder image, which honours Lookit's build contract
+/// (`scripts/build-test-images` makes it).
+pub const TEST_BUILDER: [(&str, &str); 1] = [(
+    "LOOKIT_LOCAL__BUILDS__BUILDER_IMAGE",
+    "lookit-test/builder:latest",
+)];
+
+/// The demo study, built by a running instance.
+pub struct BuiltDemo {
+    pub study: String,
+    /// The player folder the study was built from (linked to it: kept while the instance runs).
+    pub player: tempfile::TempDir,
+    /// What `demo seed --json` printed, standard output and error.
+    pub seed_output: String,
+    /// What `build --wait` printed on standard output: the build log as it grew, then the end.
+    pub build_log: String,
+    /// What `build --wait` printed on standard error.
+    pub build_stderr: String,
+}
+
+/// Seeds the demo data in the running instance of `home` and builds its study from a fresh
+/// player folder with `build --wait` (with [`TEST_BUILDER`]), as a user does; the test fails
+/// when either command fails.
+pub fn build_the_demo_study(home: &Path) -> BuiltDemo {
+    let (ok, json, stderr) = output(
+        lookit(home)
+            .envs(TEST_BUILDER)
+            .args(["demo", "seed", "--json"]),
+    );
+    assert!(ok, "{stderr}");
+    let ids: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let study = ids["study"]
+        .as_str()
+        .expect("demo seed prints the study id")
+        .to_string();
+    let player = tempfile::tempdir().unwrap();
+    std::fs::write(
+        player.path().join("package.json"),
+        "{\"name\": \"frameplayer\"}",
+    )
+    .unwrap();
+    let (ok, build_log, build_stderr) = output(lookit(home).envs(TEST_BUILDER).args([
+        "build",
+        &study,
+        "--player",
+        player.path().to_str().unwrap(),
+        "--wait",
+    ]));
+    assert!(ok, "build failed:\n{build_log}\n{build_stderr}");
+    BuiltDemo {
+        study,
+        player,
+        seed_output: json + &stderr,
+        build_log,
+        build_stderr,
+    }
+}
