@@ -301,12 +301,7 @@ async fn read_only_resources_show_what_the_caller_may_see() {
     assert_eq!(status, 400, "{detail}");
 
     // Without a login: 401 with a JSON body.
-    let response = app
-        .client
-        .get(app.url("/api/v1/studies/"))
-        .send()
-        .await
-        .unwrap();
+    let response = app.get_without_session("/api/v1/studies/").await;
     let (status, detail) = error_detail(response).await;
     assert_eq!(status, 401);
     assert!(detail.contains("authentication required"), "{detail}");

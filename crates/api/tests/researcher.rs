@@ -281,9 +281,10 @@ async fn built_study_files_are_served(app: TestApp) {
     let parent = app.user(false, false).await;
     let child = app.child(parent.id).await;
     let (study, _output) = built_study(&app, lab, "active").await;
-    let get = |path: String| app.client.get(app.url(&path)).send();
 
-    let index = get(format!("/studies/{study}/{child}/")).await.unwrap();
+    let index = app
+        .get_without_session(&format!("/studies/{study}/{child}/"))
+        .await;
     assert_eq!(index.status(), 200);
     assert_eq!(index.headers()["content-type"], "text/html; charset=utf-8");
     assert_eq!(index.headers()["cache-control"], "no-cache");
@@ -303,36 +304,34 @@ async fn built_study_files_are_served(app: TestApp) {
         ("assets/logo.png", "image/png", "public, max-age=300"),
     ];
     for (path, content_type, cache) in cases {
-        let response = get(format!("/studies/{study}/{path}")).await.unwrap();
+        let response = app
+            .get_without_session(&format!("/studies/{study}/{path}"))
+            .await;
         assert_eq!(response.status(), 200, "{path}");
         assert_eq!(response.headers()["content-type"], content_type, "{path}");
         assert_eq!(response.headers()["cache-control"], cache, "{path}");
     }
     let (status, _) = error_detail(
-        get(format!("/studies/{study}/assets/missing.js"))
-            .await
-            .unwrap(),
+        app.get_without_session(&format!("/studies/{study}/assets/missing.js"))
+            .await,
     )
     .await;
     assert_eq!(status, 404);
     let (status, _) = error_detail(
-        get(format!("/studies/{study}/assets/..%2F..%2Fetc%2Fpasswd"))
-            .await
-            .unwrap(),
+        app.get_without_session(&format!("/studies/{study}/assets/..%2F..%2Fetc%2Fpasswd"))
+            .await,
     )
     .await;
     assert!(status == 400 || status == 404, "{status}");
     let (status, _) = error_detail(
-        get(format!("/studies/{study}/{}/", Uuid::new_v4()))
-            .await
-            .unwrap(),
+        app.get_without_session(&format!("/studies/{study}/{}/", Uuid::new_v4()))
+            .await,
     )
     .await;
     assert_eq!(status, 404);
     let (status, detail) = error_detail(
-        get(format!("/studies/{}/{child}/", Uuid::new_v4()))
-            .await
-            .unwrap(),
+        app.get_without_session(&format!("/studies/{}/{child}/", Uuid::new_v4()))
+            .await,
     )
     .await;
     assert_eq!(status, 404, "{detail}");
@@ -347,11 +346,8 @@ async fn researchers_preview_unpublished_studies_and_rule_on_consent() {
     let child = app.child(parent.id).await;
     // Not active: participants get a 404, the lab's researcher a preview.
     let participant = app
-        .client
-        .get(app.url(&format!("/studies/{study}/{child}/")))
-        .send()
-        .await
-        .unwrap();
+        .get_without_session(&format!("/studies/{study}/{child}/"))
+        .await;
     assert_eq!(error_detail(participant).await.0, 404);
     let preview = app
         .get(&session, &format!("/exp/studies/{study}/{child}/preview/"))

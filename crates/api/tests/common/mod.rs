@@ -342,14 +342,14 @@ impl TestApp {
         id
     }
 
+    /// GET `path` without a session, as a participant who is not logged in or a monitor does.
+    pub async fn get_without_session(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
     /// `GET /api/health/` (no session): its status and body.
     pub async fn health(&self) -> (u16, Value) {
-        let response = self
-            .client
-            .get(self.url("/api/health/"))
-            .send()
-            .await
-            .unwrap();
+        let response = self.get_without_session("/api/health/").await;
         let status = response.status().as_u16();
         (status, response.json().await.expect("health is JSON"))
     }
