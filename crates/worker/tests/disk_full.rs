@@ -6,16 +6,22 @@
 //!
 //! Real Docker (the test builder image) on a small ext4 disk the test mounts: root only; it says
 //! why it skips otherwise.
+//!
+//! The database's disk fills up too: a job whose transaction cannot grow a table (SQLSTATE 53100)
+//! is retried through the broker, never dead-lettered at once, and done once there is room. The
+//! table lives in a tablespace of the test Postgres on a small disk the test fills.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use common::{fixture, start_worker};
-use lookit_contracts::BuildStatus;
+use common::{fixture, ready, start_worker, wait_until};
+use lookit_contracts::{BuildStatus, Queue};
 use lookit_storage::StoreLocation;
-use lookit_testkit::SmallDisk;
+use lookit_testkit::{SmallDisk, SmallTablespace};
+use lookit_worker::{EmailOutcome, WorkerEvent};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -124,5 +130,70 @@ async fn a_full_disk_fails_the_build_saying_so_and_the_published_study_stays_as_
         published.get(Path::new("index.html"))
     );
     assert_eq!(leftovers(&builds), Vec::<PathBuf>::new());
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_failing_on_a_full_database_disk_is_retried_and_done_once_there_is_room() {
+    let Some(tablespace) = SmallTablespace::create().await else {
+        return;
+    };
+    let f = fixture().await;
+    // The ledger a job's effects are committed with: empty, it must grow for the job's row.
+    tablespace.take_table(&f.pool, "processed_jobs").await;
+    tablespace.disk().fill();
+    let mut settings = f.settings();
+    // Long enough to see the job wait for its retry; attempts to spare for a slow test machine.
+    settings.retry_backoff_base = Duration::from_secs(2);
+    settings.max_attempts = 5;
+    let worker = start_worker(&f.pool, settings);
+    let mut events = worker.events.subscribe();
+    let (connection, publisher) = f.publisher().await;
+    let channel = connection.create_channel().await.unwrap();
+    let email_id = f
+        .queue_email(
+            &publisher,
+            "participant_message",
+            serde_json::json!({
+                "subject": "Thank you for taking part",
+                "body": "Your child's session is complete.",
+                "unsubscribe_url": "https://lookit.localhost/account/email/unsubscribe/abc",
+            }),
+        )
+        .await;
+
+    wait_until(
+        "the job waits in email.retry",
+        Duration::from_secs(30),
+        || async { (ready(&channel, &Queue::Email.retry_name()).await == 1).then_some(()) },
+    )
+    .await;
+    let status: String = sqlx::query_scalar("SELECT status FROM emails WHERE id = $1")
+        .bind(email_id)
+        .fetch_one(&f.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "queued", "the failed attempt changed nothing");
+
+    // Room again: the retry does the job.
+    tablespace.disk().free();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match events.recv().await.expect("the worker's events") {
+                WorkerEvent::Email {
+                    email_id: id,
+                    outcome,
+                } if id == email_id => break outcome,
+                WorkerEvent::DeadLettered { reason, .. } => {
+                    panic!("a full database disk is not a reason to give up: {reason}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the email is done once the disk has room");
+    assert_eq!(outcome, EmailOutcome::Kept);
+    assert_eq!(ready(&channel, &Queue::Email.dead_letter_name()).await, 0);
     worker.stop().await;
 }

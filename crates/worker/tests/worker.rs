@@ -6,11 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    assert_no_builder_container, connect, dead_letters, fixture, next_delivery, start_worker,
-    text_header, wait_until,
+    assert_no_builder_container, connect, dead_letters, fixture, next_delivery, ready,
+    start_worker, text_header, wait_until,
 };
 use lapin::options::BasicPublishOptions;
-use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use lookit_contracts::Queue;
 use lookit_worker::WorkerEvent;
@@ -436,19 +435,6 @@ async fn next_event<T>(
     tokio::time::timeout(limit, wait)
         .await
         .unwrap_or_else(|_| panic!("timed out waiting until {what}"))
-}
-
-/// Messages ready in a queue, as the broker says now (a passive declare).
-async fn ready(channel: &lapin::Channel, queue: &str) -> u32 {
-    let options = lapin::options::QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(queue, options, FieldTable::default())
-        .await
-        .unwrap()
-        .message_count()
 }
 
 /// A queue of the test vhost as the broker's management API shows it, with the

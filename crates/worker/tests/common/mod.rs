@@ -303,6 +303,19 @@ pub fn text_header(message: &lapin::message::Delivery, name: &str) -> String {
     }
 }
 
+/// Messages ready in a queue, as the broker says now (a passive declare).
+pub async fn ready(channel: &lapin::Channel, queue: &str) -> u32 {
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue, options, lapin::types::FieldTable::default())
+        .await
+        .unwrap_or_else(|error| panic!("passive declare of {queue}: {error}"))
+        .message_count()
+}
+
 /// Fails unless the builder container of the build is gone (stopped and removed).
 pub async fn assert_no_builder_container(build_id: Uuid) {
     let docker = bollard::Docker::connect_with_local_defaults().expect("a Docker engine");
