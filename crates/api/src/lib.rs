@@ -68,7 +68,10 @@ async fn health(State(state): State<ApiState>) -> Response {
     let broker = match &state.settings().amqp_url {
         None => "not configured".to_string(),
         Some(url) => {
-            let connect = lapin::Connection::connect(url.expose_secret(), Default::default());
+            let connect = lapin::Connection::connect(
+                url.expose_secret(),
+                lookit_contracts::amqp_connection_properties("lookit-api health check"),
+            );
             match tokio::time::timeout(Duration::from_secs(3), connect).await {
                 Ok(Ok(connection)) => {
                     let _ = connection.close(200, "health check").await;

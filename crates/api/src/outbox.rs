@@ -16,7 +16,7 @@ use anyhow::Context;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -101,9 +101,12 @@ async fn wait_for_notification(listener: &mut Option<PgListener>) -> bool {
 }
 
 async fn connect(amqp_url: &SecretString) -> anyhow::Result<(Connection, Channel)> {
-    let connection = Connection::connect(amqp_url.expose_secret(), ConnectionProperties::default())
-        .await
-        .context("connect to RabbitMQ")?;
+    let connection = Connection::connect(
+        amqp_url.expose_secret(),
+        lookit_contracts::amqp_connection_properties("lookit-api outbox relay"),
+    )
+    .await
+    .context("connect to RabbitMQ")?;
     let channel = connection
         .create_channel()
         .await

@@ -15,6 +15,17 @@ use uuid::Uuid;
 /// 0200–0299 tunnel.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
+/// Properties of every AMQP connection we open: named (the broker's connection list says who
+/// it is), and run on the caller's tokio runtime. lapin's default executor and reactor start
+/// threads of their own that wake on timers of their own, work an idle instance should not do.
+/// Call from within a tokio runtime.
+pub fn amqp_connection_properties(name: &str) -> lapin::ConnectionProperties {
+    lapin::ConnectionProperties::default()
+        .with_connection_name(name.into())
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+}
+
 /// The work queues Lookit uses (§1 of the domain reference), all durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -5,7 +5,7 @@
 use anyhow::Context;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 use lookit_contracts::Queue;
 use lookit_status::QueueDepth;
 use secrecy::ExposeSecret;
@@ -95,7 +95,7 @@ impl<'a> Management<'a> {
 pub(crate) async fn connect(conn: &RabbitConnection) -> anyhow::Result<Connection> {
     Connection::connect(
         conn.amqp_url().expose_secret(),
-        ConnectionProperties::default(),
+        lookit_contracts::amqp_connection_properties("lookit-local"),
     )
     .await
     .with_context(|| format!("cannot log in to {} as {}", conn.address(), conn.user))

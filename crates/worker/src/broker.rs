@@ -18,7 +18,7 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use lookit_contracts::{Queue, ATTEMPT_HEADER, LAST_ERROR_HEADER, REASON_HEADER};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
@@ -40,11 +40,11 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// Opens a broker connection whose I/O runs on the current tokio runtime.
 pub async fn connect(url: &SecretString) -> Result<Connection, lapin::Error> {
-    let properties = ConnectionProperties::default()
-        .with_connection_name("lookit-worker".into())
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
-    Connection::connect(url.expose_secret(), properties).await
+    Connection::connect(
+        url.expose_secret(),
+        lookit_contracts::amqp_connection_properties("lookit-worker"),
+    )
+    .await
 }
 
 fn long_string(value: impl Into<String>) -> AMQPValue {
