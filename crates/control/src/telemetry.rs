@@ -163,8 +163,10 @@ fn write_counting(file: &mut impl Write, bytes: &[u8]) -> Result<(), (usize, std
 }
 
 /// How often CPU and memory are read. A reading of Docker containers takes about a second (the
-/// engine samples twice), so this runs in its own loop, never per request.
-pub(crate) const USAGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// engine samples twice), so this runs in its own loop, never per request. Each reading that
+/// changes a figure is a new snapshot the window re-renders: every 5 s keeps the cards live
+/// without making an idle window work every other second (issue 7's idle CPU target).
+pub(crate) const USAGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The latest CPU and memory of each service and of this process (which runs the embedded API
 /// and worker), for the overview cards.
