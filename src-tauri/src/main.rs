@@ -119,13 +119,16 @@ fn setup(
     };
     let calls = PanelCalls::from_dashboard_url(&dashboard)?;
     let url: tauri::Url = dashboard.parse().context("read the dashboard URL")?;
-    WebviewWindowBuilder::new(app, MAIN_WINDOW, WebviewUrl::External(url))
+    let window = WebviewWindowBuilder::new(app, MAIN_WINDOW, WebviewUrl::External(url))
         .title("Lookit Local")
         .inner_size(1200.0, 820.0)
         .min_inner_size(720.0, 480.0)
         .visible(!settings.start_minimized)
         .build()
         .context("open the dashboard window")?;
+    window
+        .with_webview(keep_webkit_small)
+        .context("set up the dashboard window's web view")?;
     app.manage(Desktop {
         dashboard,
         calls,
@@ -135,6 +138,21 @@ fn setup(
     });
     tray::install(&handle).context("create the tray icon")?;
     Ok(())
+}
+
+/// The window shows one local page that never navigates: WebKit's caches for browsing (earlier
+/// pages, resources of other sites) would only hold memory, which an app that idles in the tray
+/// all day should not (issue 7's idle memory target).
+fn keep_webkit_small(webview: tauri::webview::PlatformWebview) {
+    #[cfg(target_os = "linux")]
+    {
+        use webkit2gtk::{CacheModel, WebContextExt, WebViewExt};
+        if let Some(context) = webview.inner().context() {
+            context.set_cache_model(CacheModel::DocumentViewer);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = webview;
 }
 
 /// Holds the instance we started until someone asks it to stop (the tray's Quit, the UI,
