@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{fixture, ready, start_worker, wait_until};
+use common::{fixture, participant_message, ready, start_worker, wait_until};
 use lookit_contracts::{BuildStatus, Queue};
 use lookit_storage::StoreLocation;
 use lookit_testkit::{SmallDisk, SmallTablespace};
@@ -151,15 +151,7 @@ async fn a_job_failing_on_a_full_database_disk_is_retried_and_done_once_there_is
     let (connection, publisher) = f.publisher().await;
     let channel = connection.create_channel().await.unwrap();
     let email_id = f
-        .queue_email(
-            &publisher,
-            "participant_message",
-            serde_json::json!({
-                "subject": "Thank you for taking part",
-                "body": "Your child's session is complete.",
-                "unsubscribe_url": "https://lookit.localhost/account/email/unsubscribe/abc",
-            }),
-        )
+        .queue_email(&publisher, "participant_message", participant_message())
         .await;
 
     wait_until(

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    assert_no_builder_container, connect, dead_letters, fixture, next_delivery, ready,
-    start_worker, text_header, wait_until,
+    assert_no_builder_container, connect, dead_letters, fixture, next_delivery,
+    participant_message, ready, start_worker, text_header, wait_until,
 };
 use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
@@ -320,15 +320,7 @@ async fn email_reaches_a_real_smtp_server_and_the_outbox() {
     let (_connection, publisher) = f.publisher().await;
 
     let email_id = f
-        .queue_email(
-            &publisher,
-            "participant_message",
-            serde_json::json!({
-                "subject": "Thank you for taking part",
-                "body": "Your child's session is complete.",
-                "unsubscribe_url": "https://lookit.localhost/account/email/unsubscribe/abc",
-            }),
-        )
+        .queue_email(&publisher, "participant_message", participant_message())
         .await;
     let printed = smtp.received("Your child's session is complete.").await;
     assert!(

@@ -264,6 +264,16 @@ impl Fixture {
     }
 }
 
+/// The context of a `participant_message` email: subject "Thank you for taking part", body
+/// "Your child's session is complete.".
+pub fn participant_message() -> serde_json::Value {
+    serde_json::json!({
+        "subject": "Thank you for taking part",
+        "body": "Your child's session is complete.",
+        "unsubscribe_url": "https://lookit.localhost/account/email/unsubscribe/abc",
+    })
+}
+
 /// A consumer of `<queue>.dead` on a channel of its own on `connection`.
 pub async fn dead_letters(connection: &lapin::Connection, queue: Queue) -> lapin::Consumer {
     let channel = connection.create_channel().await.unwrap();
