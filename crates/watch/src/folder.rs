@@ -154,6 +154,9 @@ impl Drop for FolderWatch {
     }
 }
 
+/// How often a watch whose root is gone looks for it besides waiting for the notice.
+const ROOT_LOOKOUT: Duration = Duration::from_secs(1);
+
 /// The debouncer over the kernel's notices or over polling.
 enum Watcher {
     Native(Debouncer<RecommendedWatcher, NoCache>),
@@ -242,9 +245,25 @@ impl WatchState {
     fn run(mut self, inputs: std_mpsc::Receiver<Input>, quiet: Duration) {
         loop {
             let mut burst = BTreeSet::new();
-            match inputs.recv() {
-                Ok(Input::Debounced(result)) => self.absorb(result, &mut burst),
-                Ok(Input::Stop) | Err(_) => return,
+            let input = if self.waiting_at.is_some() {
+                // While the root is gone, also look for it every ROOT_LOOKOUT: the notice of its
+                // return was once missed on a loaded machine, and a watch that never resumes
+                // is worse than one check a second of a folder that is not there.
+                match inputs.recv_timeout(ROOT_LOOKOUT) {
+                    Ok(input) => Some(input),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match inputs.recv() {
+                    Ok(input) => Some(input),
+                    Err(_) => return,
+                }
+            };
+            match input {
+                Some(Input::Debounced(result)) => self.absorb(result, &mut burst),
+                Some(Input::Stop) => return,
+                None => self.follow_root(&mut burst),
             }
             if burst.is_empty() {
                 continue;
