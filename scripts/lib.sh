@@ -38,6 +38,18 @@ check_free_space() {
   fi
 }
 
+# Builds ui/ into ui/dist unless dist is newer than every file of ui/. The panel crate embeds
+# dist, so rewriting it (same content or not) recompiles the panel and relinks every binary:
+# minutes for a release build.
+build_ui() {
+  local ui=$ROOT/ui
+  if [ -f "$ui/dist/index.html" ] && [ -z "$(find "$ui" \( -path "$ui/node_modules" -o -path "$ui/dist" \) -prune -o -type f -newer "$ui/dist/index.html" -print -quit)" ]; then
+    echo "ui/dist is up to date"
+    return 0
+  fi
+  npm --prefix "$ui" run build
+}
+
 # Installs the Debian packages that are missing (all at once: one apt transaction).
 install_packages() {
   mkdir_cache || return 1
