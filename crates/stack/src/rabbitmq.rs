@@ -22,13 +22,23 @@ pub(crate) struct Management<'a> {
     base: &'a url::Url,
 }
 
+/// An HTTP client for the management API. Building one reads every root certificate of the
+/// system (hundreds of files), so what calls the API repeatedly keeps one ([`DepthReader`]).
+fn management_client() -> Option<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .ok()
+}
+
 impl<'a> Management<'a> {
+    /// `None` when no management URL is configured (or no HTTP client can be built).
     pub fn new(conn: &'a RabbitConnection) -> Option<Self> {
+        Self::with_client(conn, management_client()?)
+    }
+
+    fn with_client(conn: &'a RabbitConnection, http: reqwest::Client) -> Option<Self> {
         let base = conn.management_url.as_ref()?;
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(5))
-            .build()
-            .ok()?;
         Some(Self { http, conn, base })
     }
 
@@ -176,7 +186,7 @@ pub(crate) async fn provision(conn: &RabbitConnection, reporter: &Reporter) -> a
     }
     let _ = amqp.close(200, "provisioned").await;
 
-    let depths = queue_depths(conn).await?;
+    let depths = queue_depths(conn, Management::new(conn)).await?;
     let listing = depths
         .iter()
         .map(|q| format!("{}: {} messages", q.name, q.ready + q.unacked))
@@ -308,6 +318,8 @@ const LISTING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 #[derive(Default)]
 pub(crate) struct DepthReader {
     amqp: Option<(Connection, Channel)>,
+    /// Kept for the listing every [`LISTING_INTERVAL`]; see [`management_client`].
+    http: Option<reqwest::Client>,
     listing: Vec<QueueDepth>,
     listed_at: Option<std::time::Instant>,
 }
@@ -321,26 +333,37 @@ impl DepthReader {
             .listed_at
             .is_none_or(|at| at.elapsed() >= LISTING_INTERVAL)
         {
-            self.listing = queue_depths(conn).await?;
+            if self.http.is_none() {
+                self.http = management_client();
+            }
+            let management = self
+                .http
+                .clone()
+                .and_then(|http| Management::with_client(conn, http));
+            self.listing = queue_depths(conn, management).await?;
             self.listed_at = Some(std::time::Instant::now());
         }
         let mut depths = self.listing.clone();
-        for depth in &mut depths {
-            let channel = self.channel(conn).await?;
-            let options = QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            };
-            match channel
-                .queue_declare(&depth.name, options, FieldTable::default())
-                .await
-            {
+        let channel = self.channel(conn).await?;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        // All declares at once: the broker answers them in order, and the answers arrive
+        // together instead of waking this task and lapin's reader once per queue.
+        let declared = futures::future::join_all(depths.iter().map(|depth| {
+            channel.queue_declare(&depth.name, options, FieldTable::default())
+        }))
+        .await;
+        for (depth, declared) in depths.iter_mut().zip(declared) {
+            match declared {
                 Ok(declared) => {
                     depth.ready = u64::from(declared.message_count());
                     depth.consumers = u64::from(declared.consumer_count());
                 }
-                // Deleted since the listing (the failure closed the channel: a new one comes
-                // next): list again on the next read.
+                // Deleted since the listing (the failure closed the channel, so the declares
+                // after it fail too; a new channel comes next): list again on the next read,
+                // and keep the listing's figures until then.
                 Err(_) => self.listed_at = None,
             }
         }
@@ -367,8 +390,11 @@ impl DepthReader {
 
 /// Depth of every queue of the vhost: from the management API when there is one (with rates),
 /// otherwise from passive declares of Lookit's queues (ready messages and consumers only).
-pub(crate) async fn queue_depths(conn: &RabbitConnection) -> anyhow::Result<Vec<QueueDepth>> {
-    if let Some(management) = Management::new(conn) {
+pub(crate) async fn queue_depths(
+    conn: &RabbitConnection,
+    management: Option<Management<'_>>,
+) -> anyhow::Result<Vec<QueueDepth>> {
+    if let Some(management) = management {
         let queues: Vec<QueueInfo> = management
             .get(&["queues", &conn.vhost])
             .await?
