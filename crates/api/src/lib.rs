@@ -11,6 +11,7 @@
 
 pub mod admin;
 mod auth;
+mod broker_check;
 pub mod demo;
 mod error;
 mod extract;
@@ -31,7 +32,6 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use secrecy::ExposeSecret;
 use serde::Serialize;
 use utoipa::{PartialSchema, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -65,22 +65,9 @@ async fn health(State(state): State<ApiState>) -> Response {
         Ok(Err(e)) => format!("unreachable: {e}"),
         Err(_) => "unreachable: no answer within 3 s".to_string(),
     };
-    let broker = match &state.settings().amqp_url {
+    let broker = match state.broker() {
         None => "not configured".to_string(),
-        Some(url) => {
-            let connect = lapin::Connection::connect(
-                url.expose_secret(),
-                lookit_contracts::amqp_connection_properties("lookit-api health check"),
-            );
-            match tokio::time::timeout(Duration::from_secs(3), connect).await {
-                Ok(Ok(connection)) => {
-                    let _ = connection.close(200, "health check").await;
-                    "ok".to_string()
-                }
-                Ok(Err(e)) => format!("unreachable: {e}"),
-                Err(_) => "unreachable: no answer within 3 s".to_string(),
-            }
-        }
+        Some(broker) => broker.check().await,
     };
     let healthy = database == "ok" && broker != "not configured" && broker == "ok";
     let status = if healthy || (database == "ok" && broker == "not configured") {
@@ -192,7 +179,11 @@ pub async fn run(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    serve(listener, tls, router(state), shutdown).await
+    let served = serve(listener, tls, router(state.clone()), shutdown).await;
+    if let Some(broker) = state.broker() {
+        broker.close().await;
+    }
+    served
 }
 
 /// Checks the certificate every [`tls::RENEWAL_CHECK`] while the server runs, so an app left

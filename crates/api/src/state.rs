@@ -4,6 +4,8 @@
 use std::sync::{Arc, RwLock};
 
 use lookit_storage::Storage;
+
+use crate::broker_check::BrokerCheck;
 use secrecy::SecretString;
 use sqlx::PgPool;
 use url::Url;
@@ -58,17 +60,21 @@ struct Inner {
     pool: PgPool,
     settings: ApiSettings,
     public_url: PublicUrl,
+    /// From `settings.amqp_url`.
+    broker: Option<BrokerCheck>,
 }
 
 impl ApiState {
     pub fn new(pool: PgPool, settings: ApiSettings) -> Self {
         let public_url = PublicUrl::default();
         public_url.set(settings.public_url.clone());
+        let broker = settings.amqp_url.clone().map(BrokerCheck::new);
         ApiState {
             inner: Arc::new(Inner {
                 pool,
                 settings,
                 public_url,
+                broker,
             }),
         }
     }
@@ -84,5 +90,10 @@ impl ApiState {
 
     pub fn settings(&self) -> &ApiSettings {
         &self.inner.settings
+    }
+
+    /// The health route's broker check; `None` when no broker is configured.
+    pub(crate) fn broker(&self) -> Option<&BrokerCheck> {
+        self.inner.broker.as_ref()
     }
 }

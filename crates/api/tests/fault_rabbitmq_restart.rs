@@ -39,6 +39,8 @@ async fn restarting_rabbitmq_under_load_keeps_the_api_answering_and_loses_no_job
     }
 
     let mut accepted = request_builds(&app, &session, &studies[..10]).await;
+    // Health keeps its broker connection between checks: the restart must still show.
+    assert_eq!(app.health().await.1["broker"], "ok");
 
     let broker = TestServer::RabbitMq.stop().await;
     accepted.extend(request_builds(&app, &session, &studies[10..30]).await);
@@ -58,6 +60,9 @@ async fn restarting_rabbitmq_under_load_keeps_the_api_answering_and_loses_no_job
     );
     accepted.extend(during_start);
     accepted.extend(request_builds(&app, &session, &studies[40..]).await);
+    // The next check logs in again: the panel's ready light comes back without a restart.
+    let (status, health) = app.health().await;
+    assert_eq!((status, &health["broker"]), (200, &Value::from("ok")), "{health}");
 
     let mut builds = QueueReader::open(vhost.amqp_url(), Queue::Builds).await;
     let accepted: HashSet<String> = accepted.into_iter().collect();

@@ -166,6 +166,61 @@ async fn health_reports_the_broker() {
         .starts_with("unreachable"));
 }
 
+/// The broker connections of `vhost` that the health route opened, by their names (client
+/// address and port), as the management API lists them.
+async fn health_check_connections(vhost: &lookit_testkit::TestVhost) -> Vec<String> {
+    let url = vhost.management_url();
+    let connections: Vec<Value> = reqwest::Client::new()
+        .get(format!(
+            "http://{}:{}/api/vhosts/{}/connections",
+            url.host_str().unwrap(),
+            url.port_or_known_default().unwrap(),
+            vhost.name()
+        ))
+        .basic_auth(url.username(), url.password())
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("list the vhost's connections")
+        .json()
+        .await
+        .unwrap();
+    connections
+        .iter()
+        .filter(|c| c["client_properties"]["connection_name"] == "lookit-api health check")
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn health_checks_share_one_kept_broker_connection() {
+    // A connection per check was most of an idle instance's own work (the panel asks every
+    // few seconds): the checks use one, and it stays open between them.
+    let vhost = lookit_testkit::fresh_vhost().await;
+    let app = spawn_app_with(AppOptions {
+        amqp_url: Some(vhost.amqp_url().into()),
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(app.health().await.1["broker"], "ok");
+    }
+    eventually("the management API lists the kept connection", || async {
+        !health_check_connections(&vhost).await.is_empty()
+    })
+    .await;
+    let kept = health_check_connections(&vhost).await;
+    assert_eq!(kept.len(), 1, "one connection for three checks: {kept:?}");
+    for _ in 0..3 {
+        assert_eq!(app.health().await.1["broker"], "ok");
+    }
+    assert_eq!(
+        health_check_connections(&vhost).await,
+        kept,
+        "later checks use the same connection"
+    );
+}
+
 #[tokio::test]
 async fn demo_seed_makes_records_to_click_on() {
     let app = spawn_app().await;
