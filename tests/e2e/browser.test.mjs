@@ -102,7 +102,7 @@ describe('the dashboard', () => {
       const card = page.locator(`[data-testid="service-${name}"]`);
       assert.equal(await card.getAttribute('data-state'), 'ready', `${name} should be ready`);
     }
-    // Every card shows what its service uses: CPU from the second reading (2 s apart), memory
+    // Every card shows what its service uses: CPU from the second reading (10 s apart), memory
     // at once; the embedded API and worker show the app process's.
     await page.waitForFunction(
       (names) => names.every((n) => /\d/.test(document.querySelector(`[data-testid="cpu-${n}"]`)?.textContent ?? '')),

@@ -164,9 +164,20 @@ fn write_counting(file: &mut impl Write, bytes: &[u8]) -> Result<(), (usize, std
 
 /// How often CPU and memory are read. A reading of Docker containers takes about a second (the
 /// engine samples twice), so this runs in its own loop, never per request. Each reading that
-/// changes a figure is a new snapshot the window re-renders: every 5 s keeps the cards live
-/// without making an idle window work every other second (issue 7's idle CPU target).
-pub(crate) const USAGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// changes a figure is a new snapshot the window re-renders (about 15 ms of the web view's
+/// work each): every 10 s keeps the cards current without being most of an idle window's work
+/// (issue 7's idle CPU target).
+pub(crate) const USAGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A reading as the cards show it: CPU to a tenth of a percent, memory to the MiB. A snapshot
+/// then changes, and the window re-renders, only when what it shows would.
+fn as_shown(reading: &lookit_stack::ResourceUsage) -> (Option<f32>, u64) {
+    const MIB: u64 = 1024 * 1024;
+    (
+        reading.cpu_percent.map(|cpu| (cpu * 10.0).round() / 10.0),
+        (reading.memory_bytes + MIB / 2) / MIB * MIB,
+    )
+}
 
 /// The latest CPU and memory of each service and of this process (which runs the embedded API
 /// and worker), for the overview cards.
@@ -207,8 +218,38 @@ impl ResourceTelemetry {
             let reading = latest
                 .get(key)
                 .filter(|_| service.state != lookit_status::ServiceState::Stopped);
-            service.cpu_percent = reading.and_then(|r| r.cpu_percent);
-            service.memory_bytes = reading.map(|r| r.memory_bytes);
+            let shown = reading.map(as_shown);
+            service.cpu_percent = shown.and_then(|(cpu, _)| cpu);
+            service.memory_bytes = shown.map(|(_, memory)| memory);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readings_change_only_when_a_card_would() {
+        const MIB: u64 = 1024 * 1024;
+        let reading = |cpu_percent, memory_bytes| lookit_stack::ResourceUsage {
+            cpu_percent,
+            memory_bytes,
+        };
+        // Two idle readings of RabbitMQ that differ below what the card shows.
+        assert_eq!(
+            as_shown(&reading(Some(1.000_157_7), 145_190_912)),
+            as_shown(&reading(Some(0.999_821_6), 145_100_000)),
+        );
+        assert_eq!(
+            as_shown(&reading(Some(0.800_126_2), 145_190_912)),
+            (Some(0.8), 138 * MIB)
+        );
+        assert_ne!(
+            as_shown(&reading(Some(0.8), 145_190_912)),
+            as_shown(&reading(Some(1.2), 145_190_912)),
+            "a change the card shows is kept"
+        );
+        assert_eq!(as_shown(&reading(None, 0)), (None, 0));
     }
 }
