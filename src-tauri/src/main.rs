@@ -50,6 +50,9 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     lookit_control::install_crypto_provider();
     let options = InstanceOptions::from_env()?;
+    if !options.config.desktop.gpu {
+        paint_on_the_cpu();
+    }
     let settings = DesktopSettings::new(&options.config.desktop, std::env::args());
     let _log = lookit_control::telemetry::init(
         &options.config.log,
@@ -138,6 +141,28 @@ fn setup(
     });
     tray::install(&handle).context("create the tray icon")?;
     Ok(())
+}
+
+/// Has WebKit paint the panel on the CPU and never set up the GPU (`desktop.gpu` off). The panel
+/// is a few cards and a chart: composited GPU rendering shows nothing more there, while setting
+/// it up loads Mesa, and with it LLVM, into the window process (about 25 MiB of the idle
+/// memory in BENCHMARKS.md). A variable the user set wins. Runs before GTK and WebKit read
+/// these, and while this process still has one thread (changing the environment is not safe
+/// once others run).
+fn paint_on_the_cpu() {
+    for (name, value) in [
+        // GTK: no GL context for the window.
+        ("GDK_GL", "disable"),
+        // WebKit: no DMA-BUF renderer, so the page is painted on the CPU (non-composited).
+        ("WEBKIT_DISABLE_DMABUF_RENDERER", "1"),
+        // Otherwise WebKit opens an EGL display only to ask which GPU to render with; it names
+        // none here, and without the renderer above none is used.
+        ("WEBKIT_WEB_RENDER_DEVICE_FILE", "/dev/null"),
+    ] {
+        if std::env::var_os(name).is_none() {
+            std::env::set_var(name, value);
+        }
+    }
 }
 
 /// The window shows one local page that never navigates: WebKit's caches for browsing (earlier

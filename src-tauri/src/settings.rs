@@ -43,6 +43,7 @@ mod tests {
                 close_to_tray: false,
                 start_minimized: true,
                 start_at_login: Some(true),
+                gpu: false,
             },
             Vec::new(),
         );

@@ -217,6 +217,9 @@ pub struct DesktopConfig {
     /// Start the app (minimised) when the user logs in. Unset: as chosen in the tray menu;
     /// `true`/`false`: the app makes it so at every start.
     pub start_at_login: Option<bool>,
+    /// Let the web view render on the GPU (composited). Off: WebKit paints the panel on the
+    /// CPU and the window never sets up GL, which keeps Mesa and LLVM out of the app's memory.
+    pub gpu: bool,
 }
 
 impl Default for DesktopConfig {
@@ -225,6 +228,7 @@ impl Default for DesktopConfig {
             close_to_tray: true,
             start_minimized: false,
             start_at_login: None,
+            gpu: false,
         }
     }
 }
@@ -665,6 +669,7 @@ mod desktop_tests {
     fn the_desktop_section_defaults_to_close_to_tray_and_leaves_login_to_the_tray() {
         let desktop = load("", &[]).unwrap().desktop;
         assert!(desktop.close_to_tray);
+        assert!(!desktop.gpu, "the panel renders on the CPU unless asked");
         assert!(!desktop.start_minimized);
         assert_eq!(desktop.start_at_login, None);
         let desktop = load(
