@@ -31,9 +31,9 @@ impl BrokerCheck {
         let mut kept = self.kept.lock().await;
         let round_trip = async {
             if !kept.as_ref().is_some_and(|c| c.status().connected()) {
-                let connection = Connection::connect(
+                let connection = lookit_contracts::connect_amqp(
                     self.url.expose_secret(),
-                    lookit_contracts::amqp_connection_properties("lookit-api health check"),
+                    "lookit-api health check",
                 )
                 .await?;
                 *kept = Some(connection);

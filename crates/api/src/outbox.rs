@@ -101,12 +101,10 @@ async fn wait_for_notification(listener: &mut Option<PgListener>) -> bool {
 }
 
 async fn connect(amqp_url: &SecretString) -> anyhow::Result<(Connection, Channel)> {
-    let connection = Connection::connect(
-        amqp_url.expose_secret(),
-        lookit_contracts::amqp_connection_properties("lookit-api outbox relay"),
-    )
-    .await
-    .context("connect to RabbitMQ")?;
+    let connection =
+        lookit_contracts::connect_amqp(amqp_url.expose_secret(), "lookit-api outbox relay")
+            .await
+            .context("connect to RabbitMQ")?;
     let channel = connection
         .create_channel()
         .await

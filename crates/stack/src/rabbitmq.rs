@@ -103,11 +103,8 @@ impl<'a> Management<'a> {
 }
 
 pub(crate) async fn connect(conn: &RabbitConnection) -> anyhow::Result<Connection> {
-    Connection::connect(
-        conn.amqp_url().expose_secret(),
-        lookit_contracts::amqp_connection_properties("lookit-local"),
-    )
-    .await
+    lookit_contracts::connect_amqp(conn.amqp_url().expose_secret(), "lookit-local")
+        .await
     .with_context(|| format!("cannot log in to {} as {}", conn.address(), conn.user))
 }
 

@@ -40,11 +40,7 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// Opens a broker connection whose I/O runs on the current tokio runtime.
 pub async fn connect(url: &SecretString) -> Result<Connection, lapin::Error> {
-    Connection::connect(
-        url.expose_secret(),
-        lookit_contracts::amqp_connection_properties("lookit-worker"),
-    )
-    .await
+    lookit_contracts::connect_amqp(url.expose_secret(), "lookit-worker").await
 }
 
 fn long_string(value: impl Into<String>) -> AMQPValue {

@@ -145,3 +145,20 @@ async fn garbage_on_the_builds_queue_is_dead_lettered_and_a_valid_build_follows(
     assert_eq!(f.finished_build(build_id).await, "succeeded");
     worker.stop().await;
 }
+
+/// Our connections ask for 8 KiB frames (lapin zero-fills 64 frames of buffer per connection
+/// up front, 8 MiB each at RabbitMQ's default size); the oversized message above still arrives
+/// whole over them. A URL that names a frame size keeps it.
+#[tokio::test]
+async fn connections_ask_for_small_frames_unless_the_url_names_a_size() {
+    let vhost = lookit_testkit::fresh_vhost().await;
+    let ours = lookit_contracts::connect_amqp(vhost.amqp_url(), "frame size test")
+        .await
+        .unwrap();
+    assert_eq!(ours.configuration().frame_max(), 8 * 1024);
+    let url = format!("{}?frame_max=65536", vhost.amqp_url());
+    let named = lookit_contracts::connect_amqp(&url, "frame size test")
+        .await
+        .unwrap();
+    assert_eq!(named.configuration().frame_max(), 65536);
+}
