@@ -72,14 +72,22 @@ pub fn log_file(
             None
         }
     };
-    tracing_appender::non_blocking(LogFile {
-        file,
-        dir: logs_dir.to_path_buf(),
-        problems,
-        lost: None,
-        torn: false,
-    })
+    // The queue to the writer thread is allocated whole up front: tracing-appender's default
+    // of 128,000 lines is 4 MiB held for the app's lifetime. A sixteenth still absorbs any
+    // burst the writer lags behind (a build's log arrives line by line).
+    tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_LINES_QUEUED)
+        .finish(LogFile {
+            file,
+            dir: logs_dir.to_path_buf(),
+            problems,
+            lost: None,
+            torn: false,
+        })
 }
+
+/// Lines waiting for the log file's writer thread at most.
+const LOG_LINES_QUEUED: usize = 8_000;
 
 /// The log file as its writer thread sees it.
 struct LogFile<P> {
