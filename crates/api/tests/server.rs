@@ -169,23 +169,12 @@ async fn health_reports_the_broker() {
 /// The broker connections of `vhost` that the health route opened, by their names (client
 /// address and port), as the management API lists them.
 async fn health_check_connections(vhost: &lookit_testkit::TestVhost) -> Vec<String> {
-    let url = vhost.management_url();
-    let connections: Vec<Value> = reqwest::Client::new()
-        .get(format!(
-            "http://{}:{}/api/vhosts/{}/connections",
-            url.host_str().unwrap(),
-            url.port_or_known_default().unwrap(),
-            vhost.name()
-        ))
-        .basic_auth(url.username(), url.password())
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .expect("list the vhost's connections")
-        .json()
-        .await
-        .unwrap();
+    let connections = vhost
+        .management_get(&format!("vhosts/{}/connections", vhost.name()))
+        .await;
     connections
+        .as_array()
+        .expect("a list of connections")
         .iter()
         .filter(|c| c["client_properties"]["connection_name"] == "lookit-api health check")
         .map(|c| c["name"].as_str().unwrap().to_string())

@@ -194,6 +194,22 @@ impl TestVhost {
     pub fn management_url(&self) -> &Url {
         &self.management_url
     }
+
+    /// `GET /api/<path>` of the management API as the test user (e.g.
+    /// `queues/<vhost>/<queue>`); panics unless it answers with JSON.
+    pub async fn management_get(&self, path: &str) -> serde_json::Value {
+        let url = &self.management_url;
+        reqwest::Client::new()
+            .get(format!("{}/api/{path}", management_base(url)))
+            .basic_auth(url.username(), url.password())
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap_or_else(|e| panic!("GET /api/{path} of the management API: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET /api/{path} of the management API: {e}"))
+    }
 }
 
 impl Drop for TestVhost {

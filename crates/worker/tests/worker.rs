@@ -432,23 +432,9 @@ async fn next_event<T>(
 /// A queue of the test vhost as the broker's management API shows it, with the
 /// `message_stats` counters it refreshes every few seconds.
 async fn queue_stats(vhost: &lookit_testkit::TestVhost, queue: &str) -> serde_json::Value {
-    let url = vhost.management_url();
-    reqwest::Client::new()
-        .get(format!(
-            "{}://{}:{}/api/queues/{}/{queue}",
-            url.scheme(),
-            url.host_str().unwrap(),
-            url.port().unwrap(),
-            vhost.name()
-        ))
-        .basic_auth(url.username(), url.password())
-        .send()
+    vhost
+        .management_get(&format!("queues/{}/{queue}", vhost.name()))
         .await
-        .and_then(|r| r.error_for_status())
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 /// One of a queue's counters; absent until it first counts.
