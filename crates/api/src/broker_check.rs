@@ -48,7 +48,10 @@ impl BrokerCheck {
         let outcome = match tokio::time::timeout(ANSWER_WITHIN, round_trip).await {
             Ok(Ok(())) => return "ok".to_string(),
             Ok(Err(e)) => format!("unreachable: {e}"),
-            Err(_) => format!("unreachable: no answer within {} s", ANSWER_WITHIN.as_secs()),
+            Err(_) => format!(
+                "unreachable: no answer within {} s",
+                ANSWER_WITHIN.as_secs()
+            ),
         };
         *kept = None;
         outcome

@@ -62,7 +62,11 @@ async fn restarting_rabbitmq_under_load_keeps_the_api_answering_and_loses_no_job
     accepted.extend(request_builds(&app, &session, &studies[40..]).await);
     // The next check logs in again: the panel's ready light comes back without a restart.
     let (status, health) = app.health().await;
-    assert_eq!((status, &health["broker"]), (200, &Value::from("ok")), "{health}");
+    assert_eq!(
+        (status, &health["broker"]),
+        (200, &Value::from("ok")),
+        "{health}"
+    );
 
     let mut builds = QueueReader::open(vhost.amqp_url(), Queue::Builds).await;
     let accepted: HashSet<String> = accepted.into_iter().collect();

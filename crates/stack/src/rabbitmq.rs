@@ -105,7 +105,7 @@ impl<'a> Management<'a> {
 pub(crate) async fn connect(conn: &RabbitConnection) -> anyhow::Result<Connection> {
     lookit_contracts::connect_amqp(conn.amqp_url().expose_secret(), "lookit-local")
         .await
-    .with_context(|| format!("cannot log in to {} as {}", conn.address(), conn.user))
+        .with_context(|| format!("cannot log in to {} as {}", conn.address(), conn.user))
 }
 
 /// A real AMQP login as the admin user, plus the management API when there is one.
@@ -348,9 +348,11 @@ impl DepthReader {
         };
         // All declares at once: the broker answers them in order, and the answers arrive
         // together instead of waking this task and lapin's reader once per queue.
-        let declared = futures::future::join_all(depths.iter().map(|depth| {
-            channel.queue_declare(&depth.name, options, FieldTable::default())
-        }))
+        let declared = futures::future::join_all(
+            depths
+                .iter()
+                .map(|depth| channel.queue_declare(&depth.name, options, FieldTable::default())),
+        )
         .await;
         for (depth, declared) in depths.iter_mut().zip(declared) {
             match declared {
