@@ -172,7 +172,7 @@ fn write_counting(file: &mut impl Write, bytes: &[u8]) -> Result<(), (usize, std
 
 /// How often CPU and memory are read. A reading of Docker containers takes about a second (the
 /// engine samples twice), so this runs in its own loop, never per request. Each reading that
-/// changes a figure is a new snapshot the window re-renders (about 15 ms of the web view's
+/// changes a figure is a new snapshot the window re-renders (15–30 ms of the web view's
 /// work each): every 10 s keeps the cards current without being most of an idle window's work
 /// (issue 7's idle CPU target).
 pub(crate) const USAGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
