@@ -5,8 +5,8 @@ use std::time::Duration;
 use lapin::Connection;
 use secrecy::{ExposeSecret, SecretString};
 
-/// How long the broker may take to answer before health names it.
-const ANSWER_WITHIN: Duration = Duration::from_secs(3);
+/// How long the database and the broker may each take to answer before health names them.
+pub(crate) const ANSWER_WITHIN: Duration = Duration::from_secs(3);
 
 /// Checks the broker with a round trip on a kept AMQP connection: a channel opened and closed,
 /// which the broker must answer. Opening a connection per check (TCP, the AMQP handshake and a

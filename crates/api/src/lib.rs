@@ -60,10 +60,13 @@ pub struct Health {
 async fn health(State(state): State<ApiState>) -> Response {
     // Bounded like the broker check, so a database that hangs is named instead of the API.
     let query = sqlx::query("SELECT 1").execute(state.pool());
-    let database = match tokio::time::timeout(Duration::from_secs(3), query).await {
+    let database = match tokio::time::timeout(broker_check::ANSWER_WITHIN, query).await {
         Ok(Ok(_)) => "ok".to_string(),
         Ok(Err(e)) => format!("unreachable: {e}"),
-        Err(_) => "unreachable: no answer within 3 s".to_string(),
+        Err(_) => format!(
+            "unreachable: no answer within {} s",
+            broker_check::ANSWER_WITHIN.as_secs()
+        ),
     };
     let broker = match state.broker() {
         None => "not configured".to_string(),

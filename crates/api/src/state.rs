@@ -4,11 +4,11 @@
 use std::sync::{Arc, RwLock};
 
 use lookit_storage::Storage;
-
-use crate::broker_check::BrokerCheck;
 use secrecy::SecretString;
 use sqlx::PgPool;
 use url::Url;
+
+use crate::broker_check::BrokerCheck;
 
 /// Plain settings of the API server; the CLI builds them from `lookit-config`.
 #[derive(Clone)]
